@@ -1,0 +1,84 @@
+// ringckpt/default_planner.hpp — the planners used when the caller gives none.
+#pragma once
+
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "ringckpt/planner.hpp"
+
+namespace ringckpt {
+
+// Checks that the chunks of every tensor in `metadata` lie inside its global
+// shape and cover it exactly once (no overlap, no gap). O(n log n) in the
+// number of chunks. Throws Error(kInvalidArgument) naming the tensor and fault.
+void validate_global_plan(const std::vector<SavePlan>& plans, const Metadata& metadata);
+
+// Saves every entry of the state dict in insertion order: a TensorView as one
+// TENSOR item, each Shard of a ShardedTensor as a SHARD item, Bytes as BYTE_IO.
+// The global plan removes items that several ranks hold identically
+// (replicated tensors), keeping each on the rank with the fewest bytes so far,
+// builds the Metadata and validates it.
+class DefaultSavePlanner : public SavePlanner {
+ public:
+  struct Options {
+    bool dedup_replicated = true;
+  };
+  DefaultSavePlanner() = default;
+  explicit DefaultSavePlanner(Options options) : options_(options) {}
+
+  void set_up_planner(const StateDict& state_dict, bool is_coordinator) override;
+  SavePlan create_local_plan() override;
+  std::pair<std::vector<SavePlan>, Metadata> create_global_plan(
+      std::vector<SavePlan> all_plans) override;
+  SavePlan finish_plan(SavePlan central_plan) override;
+  ItemData resolve_data(const WriteItem& item) override;
+
+ protected:
+  // The bytes of the state-dict value that `index` names (a tensor, one
+  // shard, or a blob). Throws Error(kNotFound) if there is none.
+  std::span<const std::byte> lookup_bytes(const MetadataIndex& index) const;
+
+  const StateDict* state_dict_ = nullptr;
+  bool is_coordinator_ = false;
+  Options options_;
+  std::optional<SavePlan> plan_;  // set by finish_plan
+};
+
+// Loads every entry of the state dict from the checkpoint into the caller's
+// buffers, resharding by chunk intersection. Strict: a key missing from the
+// checkpoint, or a shape, dtype or kind (tensor/bytes) that differs, is an
+// Error naming the key. allow_partial_load lets missing keys pass.
+class DefaultLoadPlanner : public LoadPlanner {
+ public:
+  struct Options {
+    bool allow_partial_load = false;
+  };
+  DefaultLoadPlanner() = default;
+  explicit DefaultLoadPlanner(Options options) : options_(options) {}
+
+  void set_up_planner(StateDict& state_dict, const Metadata& metadata,
+                      bool is_coordinator) override;
+  LoadPlan create_local_plan() override;
+  std::vector<LoadPlan> create_global_plan(std::vector<LoadPlan> all_plans) override;
+  LoadPlan finish_plan(LoadPlan central_plan) override;
+  void load_bytes(const ReadItem& item, std::span<const std::byte> value) override;
+  TensorView resolve_tensor(const ReadItem& item) override;
+  void commit_tensor(const ReadItem& item, const TensorView& tensor) override;
+
+ protected:
+  StateDict* state_dict_ = nullptr;
+  const Metadata* metadata_ = nullptr;
+  bool is_coordinator_ = false;
+  Options options_;
+};
+
+// The read items that copy the stored chunks of `stored` that intersect the
+// box `dest` (a whole tensor or a shard) of destination `dest_index`.
+std::vector<ReadItem> read_items_for_box(const std::string& fqn,
+                                         const TensorStorageMetadata& stored,
+                                         const MetadataIndex& dest_index,
+                                         const ChunkStorageMetadata& dest);
+
+}  // namespace ringckpt

@@ -1,0 +1,1 @@
+// data_file.cpp — to be written

@@ -1,0 +1,49 @@
+// lib/data_file.hpp — opening, sizing and syncing the files of a checkpoint.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string_view>
+
+namespace ringckpt {
+
+// An open file descriptor, closed on destruction.
+class DataFile {
+ public:
+  // Creates (truncating) `path` for writing, with O_DIRECT if want_direct and
+  // the file system accepts it; direct() tells which. Throws Error(kIo, path).
+  static DataFile create(const std::filesystem::path& path, bool want_direct);
+  // Opens `path` for reading, with O_DIRECT if possible. A missing file is
+  // Error(kNotFound, path).
+  static DataFile open_read(const std::filesystem::path& path, bool want_direct);
+
+  DataFile() = default;
+  DataFile(DataFile&& other) noexcept;
+  DataFile& operator=(DataFile&& other) noexcept;
+  ~DataFile();
+
+  int fd() const noexcept { return fd_; }
+  bool direct() const noexcept { return direct_; }
+  const std::filesystem::path& path() const noexcept { return path_; }
+  std::uint64_t size() const;          // fstat
+  void truncate(std::uint64_t size);   // ftruncate; Error(kIo, path)
+  void close();                        // Error(kIo, path) if close fails
+
+ private:
+  int fd_ = -1;
+  bool direct_ = false;
+  std::filesystem::path path_;
+};
+
+// fsync of a directory, so that a rename or create in it is durable.
+void sync_directory(const std::filesystem::path& dir);
+
+// Writes `content` to dir/name.tmp, fsyncs it, renames it to dir/name and
+// fsyncs dir: afterwards dir/name is the new content, before it the old one.
+void write_file_atomically(const std::filesystem::path& dir, std::string_view name,
+                           std::string_view content);
+
+// Reads a whole (small) file; Error(kNotFound / kIo, path).
+std::string read_small_file(const std::filesystem::path& path);
+
+}  // namespace ringckpt

@@ -1,0 +1,1 @@
+// default_planner.cpp — to be written

@@ -1,0 +1,1 @@
+// error.cpp — to be written

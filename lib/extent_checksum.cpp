@@ -1,0 +1,1 @@
+// extent_checksum.cpp — to be written

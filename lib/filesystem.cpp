@@ -1,0 +1,1 @@
+// filesystem.cpp — to be written

@@ -1,0 +1,1 @@
+// io_engine.cpp — to be written

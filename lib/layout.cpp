@@ -1,0 +1,1 @@
+// layout.cpp — to be written

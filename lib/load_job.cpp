@@ -1,0 +1,1 @@
+// load_job.cpp — to be written

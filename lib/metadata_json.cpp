@@ -1,0 +1,1 @@
+// metadata_json.cpp — to be written

@@ -1,0 +1,1 @@
+// plan.cpp — to be written

@@ -1,0 +1,1 @@
+// save_job.cpp — to be written

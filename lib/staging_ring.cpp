@@ -1,0 +1,1 @@
+// staging_ring.cpp — to be written

@@ -1,0 +1,1 @@
+// tensor.cpp — to be written

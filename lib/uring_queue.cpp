@@ -1,0 +1,1 @@
+// uring_queue.cpp — to be written

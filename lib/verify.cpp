@@ -1,0 +1,1 @@
+// verify.cpp — to be written
