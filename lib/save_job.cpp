@@ -1,1 +1,382 @@
-// save_job.cpp — to be written
+#include "save_job.hpp"
+
+#include <boost/asio/post.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <system_error>
+
+#include "data_file.hpp"
+#include "extent_checksum.hpp"
+#include "io_engine.hpp"
+#include "ringckpt/error.hpp"
+
+namespace ringckpt::detail {
+namespace {
+
+// Bytes [lo, hi) of file `file`: extent `index` of that file.
+struct Extent {
+  std::size_t file = 0;
+  std::uint64_t index = 0;
+  std::uint64_t lo = 0;
+  std::uint64_t hi = 0;
+};
+
+class SaveJobImpl final : public SaveJob, public std::enable_shared_from_this<SaveJobImpl> {
+ public:
+  SaveJobImpl(IoEngine& engine, std::filesystem::path dir, const SavePlan& plan,
+              SavePlanner& planner, SaveLayout layout, Callbacks callbacks)
+      : engine_(engine),
+        dir_(std::move(dir)),
+        plan_(plan),
+        planner_(planner),
+        layout_(std::move(layout)),
+        callbacks_(std::move(callbacks)),
+        resolved_(plan.items.size()),
+        resolve_once_(std::make_unique<std::once_flag[]>(plan.items.size())) {}
+
+  void begin();
+  void cancel() override;
+
+ private:
+  void acquire_next();
+  void on_slot(unsigned slot);
+  void fill(std::size_t e, unsigned slot);
+  void fill_extent(const Extent& x, std::byte* dst);
+  void on_written(std::size_t e, unsigned slot, std::size_t length, std::int64_t result);
+  void fail(std::exception_ptr error);
+  void check_done();
+  void finalize();
+  void on_synced(std::int64_t result, std::size_t file);
+  void deliver();
+  void cleanup_and_fail();
+  const ItemData& resolved(std::size_t item);
+  bool stopping() {
+    std::lock_guard lock(mu_);
+    return stopping_;
+  }
+  void fire_staged(std::exception_ptr error);
+  std::shared_ptr<SaveJobImpl> self() { return shared_from_this(); }
+
+  IoEngine& engine_;
+  const std::filesystem::path dir_;
+  const SavePlan& plan_;
+  SavePlanner& planner_;
+  const SaveLayout layout_;
+  Callbacks callbacks_;
+
+  std::vector<DataFile> files_;
+  std::vector<Extent> extents_;
+  std::vector<std::vector<std::uint64_t>> checksums_;  // [file][extent]; each slot written once
+  std::vector<ItemData> resolved_;                     // [item], set under resolve_once_
+  std::unique_ptr<std::once_flag[]> resolve_once_;
+
+  std::mutex mu_;
+  std::size_t next_ = 0;         // next extent to take a slot for
+  bool acquiring_ = false;       // a slot request is pending with the ring
+  std::size_t outstanding_ = 0;  // extents holding a slot (filling or writing)
+  std::size_t filled_ = 0;
+  std::size_t written_ = 0;
+  std::size_t synced_ = 0;
+  bool stopping_ = false;
+  bool done_ = false;            // the final stage (finalize or cleanup) has begun
+  bool staged_fired_ = false;
+  std::exception_ptr error_;
+};
+
+void SaveJobImpl::begin() {
+  try {
+    files_.reserve(layout_.files.size());
+    checksums_.resize(layout_.files.size());
+    const std::uint64_t e = engine_.options().extent_size;
+    for (std::size_t f = 0; f < layout_.files.size(); ++f) {
+      const FileLayout& file = layout_.files[f];
+      files_.push_back(DataFile::create(dir_ / file.relative_path, engine_.options().direct_io));
+      engine_.record_direct_io(files_.back().direct(), dir_.string());
+      const std::uint64_t count = (file.size + e - 1) / e;
+      checksums_[f].resize(count);
+      for (std::uint64_t k = 0; k < count; ++k) {
+        extents_.push_back({f, k, k * e, std::min(file.size, (k + 1) * e)});
+      }
+    }
+  } catch (...) {
+    fail(std::current_exception());
+  }
+  acquire_next();
+}
+
+void SaveJobImpl::cancel() {
+  fail(std::make_exception_ptr(
+      Error(ErrorCode::kCancelled, dir_.string(), "save cancelled before it committed")));
+  check_done();
+}
+
+void SaveJobImpl::fail(std::exception_ptr error) {
+  std::lock_guard lock(mu_);
+  if (!error_) error_ = std::move(error);
+  stopping_ = true;
+}
+
+void SaveJobImpl::acquire_next() {
+  bool more;
+  {
+    std::lock_guard lock(mu_);
+    more = !stopping_ && next_ < extents_.size();
+    acquiring_ = more;
+  }
+  if (!more) {
+    check_done();
+    return;
+  }
+  engine_.ring().async_acquire([self = self()](unsigned slot) { self->on_slot(slot); });
+}
+
+// Runs on whichever thread freed the slot: only bookkeeping, real work posted.
+void SaveJobImpl::on_slot(unsigned slot) {
+  std::size_t e;
+  {
+    std::lock_guard lock(mu_);
+    acquiring_ = false;
+    if (stopping_) {
+      e = extents_.size();
+    } else {
+      e = next_++;
+      ++outstanding_;
+    }
+  }
+  if (e == extents_.size()) {
+    engine_.ring().release(slot);
+    check_done();
+    return;
+  }
+  auto& pool = engine_.staging_pool();
+  boost::asio::post(pool, [self = self(), e, slot] { self->fill(e, slot); });
+  boost::asio::post(pool, [self = self()] { self->acquire_next(); });
+}
+
+const ItemData& SaveJobImpl::resolved(std::size_t item) {
+  std::call_once(resolve_once_[item], [&] {
+    const WriteItem& w = plan_.items[item];
+    ItemData data = planner_.resolve_data(w);
+    if (data.size() != w.nbytes()) {
+      throw Error(ErrorCode::kInvalidArgument, w.index.fqn,
+                  "the planner resolved " + std::to_string(data.size()) +
+                      " bytes for an item planned as " + std::to_string(w.nbytes()));
+    }
+    resolved_[item] = std::move(data);
+  });
+  return resolved_[item];
+}
+
+// Copies the bytes of x (header, then items) into dst in cache-sized pieces,
+// hashing each piece right after it lands, while it is still in cache.
+void SaveJobImpl::fill_extent(const Extent& x, std::byte* dst) {
+  const FileLayout& file = layout_.files[x.file];
+  ExtentChecksum sum;
+  std::uint64_t pos = x.lo;
+  if (pos < file.header.size()) {
+    const std::uint64_t n = std::min<std::uint64_t>(x.hi, file.header.size()) - pos;
+    std::memcpy(dst, file.header.data() + pos, n);
+    sum.update({dst, n});
+    pos += n;
+  }
+  // The first placement that ends after pos (placements are back to back).
+  auto it = std::upper_bound(file.items.begin(), file.items.end(), pos,
+                             [](std::uint64_t p, const ItemPlacement& item) {
+                               return p < item.offset + item.length;
+                             });
+  for (; pos < x.hi && it != file.items.end(); ++it) {
+    if (it->length == 0) continue;
+    const ItemData& data = resolved(it->item);
+    const std::uint64_t end = std::min(x.hi, it->offset + it->length);
+    while (pos < end) {
+      const std::uint64_t n = std::min<std::uint64_t>(end - pos, kStagingPiece);
+      std::span<std::byte> piece{dst + (pos - x.lo), n};
+      data.copy_to(pos - it->offset, piece);
+      sum.update(piece);
+      pos += n;
+    }
+  }
+  if (pos != x.hi) {
+    throw Error(ErrorCode::kInvalidArgument, file.relative_path,
+                "layout leaves bytes " + std::to_string(pos) + ".." + std::to_string(x.hi) +
+                    " unassigned");
+  }
+  checksums_[x.file][x.index] = sum.digest();
+}
+
+void SaveJobImpl::fill(std::size_t e, unsigned slot) {
+  const Extent& x = extents_[e];
+  std::byte* dst = engine_.ring().slot_data(slot);
+  const std::size_t length = x.hi - x.lo;
+  std::size_t write_length = length;
+  bool filled_all = false;
+  try {
+    if (stopping()) throw std::runtime_error("stopping");
+    fill_extent(x, dst);
+    if (files_[x.file].direct()) {
+      // O_DIRECT writes whole 4 KiB blocks: pad the tail, truncate later.
+      write_length = round_up(length, kAlignment);
+      std::memset(dst + length, 0, write_length - length);
+    }
+    std::lock_guard lock(mu_);
+    filled_all = ++filled_ == extents_.size();
+  } catch (...) {
+    if (!stopping()) fail(std::current_exception());
+    engine_.ring().release(slot);
+    {
+      std::lock_guard lock(mu_);
+      --outstanding_;
+    }
+    check_done();
+    return;
+  }
+  if (filled_all) fire_staged(nullptr);
+  engine_.uring().write(files_[x.file].fd(), slot, dst, write_length, x.lo,
+                        [self = self(), e, slot, write_length](std::int64_t result) {
+                          self->on_written(e, slot, write_length, result);
+                        });
+}
+
+// On the I/O thread.
+void SaveJobImpl::on_written(std::size_t e, unsigned slot, std::size_t length,
+                             std::int64_t result) {
+  engine_.ring().release(slot);
+  if (result != static_cast<std::int64_t>(length)) {
+    const Extent& x = extents_[e];
+    std::string why = result < 0 ? std::system_category().message(static_cast<int>(-result))
+                                 : "short write of " + std::to_string(result) + " bytes";
+    fail(std::make_exception_ptr(
+        Error(ErrorCode::kIo, (dir_ / layout_.files[x.file].relative_path).string(),
+              "writing extent " + std::to_string(x.index) + " at offset " +
+                  std::to_string(x.lo) + " failed: " + why)));
+  }
+  {
+    std::lock_guard lock(mu_);
+    --outstanding_;
+    ++written_;
+  }
+  check_done();
+}
+
+void SaveJobImpl::fire_staged(std::exception_ptr error) {
+  {
+    std::lock_guard lock(mu_);
+    if (staged_fired_) return;
+    staged_fired_ = true;
+  }
+  if (callbacks_.staged) callbacks_.staged(error);
+}
+
+void SaveJobImpl::check_done() {
+  bool failed;
+  {
+    std::lock_guard lock(mu_);
+    if (done_ || acquiring_ || outstanding_ > 0) return;
+    failed = error_ != nullptr;
+    if (!failed && written_ < extents_.size()) return;  // the acquire chain goes on
+    done_ = true;
+  }
+  auto& pool = engine_.staging_pool();
+  if (failed) {
+    boost::asio::post(pool, [self = self()] { self->cleanup_and_fail(); });
+  } else {
+    boost::asio::post(pool, [self = self()] { self->finalize(); });
+  }
+}
+
+// Every extent is written: cut the padded tails, then fdatasync every file.
+void SaveJobImpl::finalize() {
+  fire_staged(nullptr);  // a job with no extents stages nothing
+  try {
+    for (std::size_t f = 0; f < files_.size(); ++f) {
+      if (files_[f].direct() && layout_.files[f].size % kAlignment != 0) {
+        files_[f].truncate(layout_.files[f].size);
+      }
+    }
+  } catch (...) {
+    fail(std::current_exception());
+    cleanup_and_fail();
+    return;
+  }
+  if (files_.empty()) {
+    deliver();
+    return;
+  }
+  for (std::size_t f = 0; f < files_.size(); ++f) {
+    engine_.uring().fdatasync(files_[f].fd(), [self = self(), f](std::int64_t result) {
+      self->on_synced(result, f);
+    });
+  }
+}
+
+// On the I/O thread.
+void SaveJobImpl::on_synced(std::int64_t result, std::size_t file) {
+  if (result < 0) {
+    fail(std::make_exception_ptr(
+        Error(ErrorCode::kIo, (dir_ / layout_.files[file].relative_path).string(),
+              "fdatasync failed: " + std::system_category().message(static_cast<int>(-result)))));
+  }
+  bool last;
+  {
+    std::lock_guard lock(mu_);
+    last = ++synced_ == files_.size();
+  }
+  if (last) boost::asio::post(engine_.staging_pool(), [self = self()] { self->deliver(); });
+}
+
+void SaveJobImpl::deliver() {
+  WriteResults results;
+  try {
+    if (std::exception_ptr error = [&] { std::lock_guard lock(mu_); return error_; }()) {
+      std::rethrow_exception(error);
+    }
+    for (auto& f : files_) f.close();
+    for (std::size_t f = 0; f < layout_.files.size(); ++f) {
+      const FileLayout& file = layout_.files[f];
+      for (const ItemPlacement& p : file.items) {
+        const WriteItem& item = plan_.items[p.item];
+        results.items.push_back({item.index, p.length, {file.relative_path, p.offset, p.length}});
+      }
+      results.files.push_back(
+          {file.relative_path, file.size, engine_.options().extent_size, checksums_[f]});
+    }
+  } catch (...) {
+    fail(std::current_exception());
+    cleanup_and_fail();
+    return;
+  }
+  callbacks_.written(nullptr, std::move(results));
+}
+
+void SaveJobImpl::cleanup_and_fail() {
+  std::exception_ptr error;
+  {
+    std::lock_guard lock(mu_);
+    error = error_;
+  }
+  for (std::size_t f = 0; f < files_.size(); ++f) {
+    try {
+      files_[f].close();
+    } catch (...) {
+    }
+    std::error_code ignored;
+    std::filesystem::remove(dir_ / layout_.files[f].relative_path, ignored);
+  }
+  fire_staged(error);
+  callbacks_.written(error, {});
+}
+
+}  // namespace
+
+std::shared_ptr<SaveJob> SaveJob::start(IoEngine& engine, std::filesystem::path dir,
+                                        const SavePlan& plan, SavePlanner& planner,
+                                        SaveLayout layout, Callbacks callbacks) {
+  auto job = std::make_shared<SaveJobImpl>(engine, std::move(dir), plan, planner,
+                                           std::move(layout), std::move(callbacks));
+  job->begin();
+  return job;
+}
+
+}  // namespace ringckpt::detail

@@ -1,0 +1,37 @@
+// ringckpt/verify.hpp — re-reading a checkpoint to prove it intact.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "ringckpt/io_options.hpp"
+
+namespace ringckpt {
+
+struct VerifyFault {
+  std::string file;          // the file at fault (metadata.json or a data file)
+  std::int64_t extent = -1;  // the extent at fault; -1 for the file as a whole
+  std::uint64_t offset = 0;  // byte range at fault
+  std::uint64_t length = 0;
+  std::string message;
+};
+
+struct VerifyReport {
+  std::uint64_t files = 0;
+  std::uint64_t extents = 0;
+  std::uint64_t bytes = 0;
+  std::vector<VerifyFault> faults;
+  bool ok() const noexcept { return faults.empty(); }
+};
+
+// Checks metadata.json (its own checksum and consistency), every data file's
+// size and safetensors header against the metadata, and the XXH3 of every
+// extent of every file. Faults are collected, not thrown; progress(done,
+// total) is called as bytes are verified.
+VerifyReport verify(const std::filesystem::path& dir, const IoOptions& io = {},
+                    const std::function<void(std::uint64_t, std::uint64_t)>& progress = {});
+
+}  // namespace ringckpt

@@ -1,0 +1,48 @@
+// lib/layout.hpp — where every byte of a finished SavePlan goes.
+//
+// The layout is a pure function of the plan: data file names, each file's
+// safetensors header, and each item's byte range. It is fixed before staging
+// copies a byte, and the write order on disk is the plan order.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ringckpt/plan.hpp"
+
+namespace ringckpt {
+
+struct ItemPlacement {
+  std::size_t item = 0;        // position in SavePlan::items
+  std::uint64_t offset = 0;    // absolute, in the file
+  std::uint64_t length = 0;
+};
+
+// One data file: header bytes at offset 0 (a multiple of kAlignment long),
+// then its items back to back in plan order. size = header + all items.
+struct FileLayout {
+  std::string relative_path;
+  std::string header;
+  std::vector<ItemPlacement> items;  // sorted by offset, no gaps
+  std::uint64_t size = 0;
+};
+
+struct SaveLayout {
+  std::vector<FileLayout> files;
+  std::uint64_t total_bytes() const noexcept;
+};
+
+// The safetensors name of an item: its fqn for a whole tensor or blob; for a
+// shard, fqn followed by "@" and its offsets joined by ",".
+std::string safetensors_name(const WriteItem& item);
+
+// Lays `plan` out in files named {prefix}{n}.safetensors (n = 0, 1, ...), a new
+// file begun when the current one already holds max_file_bytes of data (0: no
+// limit). A plan with no items gets no file.
+SaveLayout plan_layout(const SavePlan& plan, std::string_view prefix,
+                       std::uint64_t max_file_bytes);
+
+}  // namespace ringckpt

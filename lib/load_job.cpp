@@ -1,1 +1,0 @@
-// load_job.cpp — to be written
