@@ -36,10 +36,14 @@ class UringQueue {
   UringQueue& operator=(const UringQueue&) = delete;
 
   bool registered_buffers() const noexcept;
+  // How many times the rest of a short (or EAGAIN/EINTR) operation was
+  // resubmitted; for tests and reports.
+  std::uint64_t resubmissions() const noexcept;
 
-  // data lies inside buffers[buffer_index]. A write completes with `length`
-  // or an error (a write that makes no progress is -EIO). A read completes
-  // with fewer bytes only at end of file.
+  // data lies inside buffers[buffer_index] (checked when buffers are
+  // registered: Error(kInvalidArgument) if not). A write completes with
+  // `length` or an error (a write that makes no progress is -EIO). A read
+  // completes with fewer bytes only at end of file.
   void write(int fd, unsigned buffer_index, const std::byte* data, std::size_t length,
              std::uint64_t offset, Completion done);
   void read(int fd, unsigned buffer_index, std::byte* data, std::size_t length,
