@@ -1,0 +1,1 @@
+// cmd_demo.cpp — to be written

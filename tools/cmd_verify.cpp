@@ -1,0 +1,1 @@
+// cmd_verify.cpp — to be written

@@ -1,0 +1,1 @@
+// ringckpt.cpp — to be written

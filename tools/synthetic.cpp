@@ -1,0 +1,1 @@
+// synthetic.cpp — to be written

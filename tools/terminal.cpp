@@ -1,0 +1,1 @@
+// terminal.cpp — to be written

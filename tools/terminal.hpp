@@ -1,0 +1,30 @@
+// tools/terminal.hpp — what the tool shows people: progress and tables.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ringckpt::tools {
+
+// True if stderr is a terminal (progress bars only then).
+bool stderr_is_terminal();
+
+// A one-line progress bar on stderr, redrawn in place; silent when stderr is
+// not a terminal. Thread-safe.
+class ProgressBar {
+ public:
+  explicit ProgressBar(std::string label);
+  ~ProgressBar();  // ends the line
+  void update(std::uint64_t done, std::uint64_t total);
+
+ private:
+  struct Impl;
+  Impl* impl_;
+};
+
+// Left-aligned text columns, right-aligned numeric ones, one header row.
+std::string format_table(const std::vector<std::string>& header,
+                         const std::vector<std::vector<std::string>>& rows);
+
+}  // namespace ringckpt::tools
