@@ -74,8 +74,15 @@ DataFile DataFile::create(const std::filesystem::path& path, bool want_direct) {
 
 DataFile DataFile::open_read(const std::filesystem::path& path, bool want_direct) {
   DataFile f;
-  f.fd_ = open_maybe_direct(path, O_RDONLY | O_CLOEXEC, want_direct, &f.direct_);
+  // O_NONBLOCK: opening a FIFO planted in place of a data file must not hang.
+  f.fd_ = open_maybe_direct(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK, want_direct, &f.direct_);
   f.path_ = path;
+  struct stat st {};
+  if (::fstat(f.fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
+    throw Error(ErrorCode::kCorrupt, path.string(), "not a regular file");
+  }
+  // io_uring would answer -EAGAIN instead of waiting on a non-blocking file.
+  ::fcntl(f.fd_, F_SETFL, ::fcntl(f.fd_, F_GETFL) & ~O_NONBLOCK);
   return f;
 }
 

@@ -15,6 +15,9 @@ static void check_options(const IoOptions& o) {
   if (o.extent_size == 0 || o.extent_size % kAlignment != 0) {
     bad("extent_size " + std::to_string(o.extent_size) + " is not a positive multiple of 4096");
   }
+  if (o.extent_size > kMaxExtentSize) {
+    bad("extent_size " + std::to_string(o.extent_size) + " exceeds the 1 GiB limit");
+  }
   if (o.ring_bytes < o.extent_size) {
     bad("ring_bytes " + std::to_string(o.ring_bytes) + " is smaller than one extent (" +
         std::to_string(o.extent_size) + ")");

@@ -453,6 +453,10 @@ void check_files(const Reader& r, const std::vector<FileInfo>& files) {
     if (name == kMetadataFile)
       r.fail(path + ".path " + in_quotes(name) + " names the metadata file itself");
     if (!seen.insert(name).second) r.fail(path + ".path " + in_quotes(name) + " is listed twice");
+    if (f.extent_size > kMaxExtentSize) {
+      r.fail(path + ".extent_size " + std::to_string(f.extent_size) + " of " + in_quotes(name) +
+             " is absurdly large (the limit is 1 GiB)");
+    }
     if (f.extent_size == 0 || f.extent_size % kAlignment != 0) {
       r.fail(path + ".extent_size " + std::to_string(f.extent_size) + " of " + in_quotes(name) +
              " is not a positive multiple of " + std::to_string(kAlignment));

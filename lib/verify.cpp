@@ -81,15 +81,21 @@ VerifyReport verify(const std::filesystem::path& dir, const IoOptions& io,
         report.faults.push_back({e.where(), -1, 0, 0, e.message()});
       }
     }
-    tasks.push_back({f, {}, 0, true});
+    std::uint64_t header = f.size;  // the header ends where the first item begins
+    for (const StorageInfo& s : stored[f.relative_path]) header = std::min(header, s.offset);
+    tasks.push_back({f, {}, header, true});
     report.files += 1;
     report.extents += f.extent_checksums.size();
     report.bytes += f.size;
   }
   o.ring_bytes = std::max(o.ring_bytes, o.extent_size * 2);
-  detail::IoEngine engine(o);
   std::vector<detail::ExtentFault> faults;
-  detail::read_extents(engine, dir, tasks, &faults, progress);
+  try {
+    detail::IoEngine engine(o);
+    detail::read_extents(engine, dir, tasks, &faults, progress);
+  } catch (const Error& e) {
+    report.faults.push_back({e.where(), -1, 0, 0, e.message()});
+  }
   for (auto& f : faults) {
     report.faults.push_back({std::move(f.file), f.extent, f.offset, f.length, std::move(f.message)});
   }

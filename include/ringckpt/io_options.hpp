@@ -11,9 +11,11 @@
 namespace ringckpt {
 
 inline constexpr std::size_t kAlignment = 4096;  // O_DIRECT unit: offsets, lengths, buffers
+inline constexpr std::size_t kMaxExtentSize = std::size_t{1} << 30;  // larger is refused
 
 struct IoOptions {
-  // The unit of writing and checksumming; a multiple of kAlignment.
+  // The unit of writing and checksumming; a multiple of kAlignment, at most
+  // kMaxExtentSize.
   std::size_t extent_size = std::size_t{8} << 20;
   // Staging memory: ring_bytes / extent_size slots, allocated, pre-faulted and
   // registered with io_uring once, reused by every save and load.
