@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <system_error>
 
@@ -44,6 +45,7 @@ class SaveJobImpl final : public SaveJob, public std::enable_shared_from_this<Sa
   void on_slot(unsigned slot);
   void fill(std::size_t e, unsigned slot);
   void fill_extent(const Extent& x, std::byte* dst);
+  void submit_in_order(std::size_t e, unsigned slot, std::size_t write_length);
   void on_written(std::size_t e, unsigned slot, std::size_t length, std::int64_t result);
   void fail(std::exception_ptr error);
   void check_done();
@@ -72,7 +74,14 @@ class SaveJobImpl final : public SaveJob, public std::enable_shared_from_this<Sa
   std::vector<ItemData> resolved_;                     // [item], set under resolve_once_
   std::unique_ptr<std::once_flag[]> resolve_once_;
 
+  struct Filled {
+    unsigned slot;
+    std::size_t length;  // bytes to write (the tail padded for O_DIRECT)
+  };
+
   std::mutex mu_;
+  std::map<std::size_t, Filled> ready_;  // filled extents waiting for earlier ones
+  std::size_t next_submit_ = 0;          // the next extent to hand to the ring
   std::size_t next_ = 0;         // next extent to take a slot for
   bool acquiring_ = false;       // a slot request is pending with the ring
   std::size_t outstanding_ = 0;  // extents holding a slot (filling or writing)
@@ -112,10 +121,17 @@ void SaveJobImpl::cancel() {
   check_done();
 }
 
+// Stops the save; slots filled but held back for plan order go back at once.
 void SaveJobImpl::fail(std::exception_ptr error) {
-  std::lock_guard lock(mu_);
-  if (!error_) error_ = std::move(error);
-  stopping_ = true;
+  std::map<std::size_t, Filled> dropped;
+  {
+    std::lock_guard lock(mu_);
+    if (!error_) error_ = std::move(error);
+    stopping_ = true;
+    dropped.swap(ready_);
+    outstanding_ -= dropped.size();
+  }
+  for (const auto& [e, f] : dropped) engine_.ring().release(f.slot);
 }
 
 void SaveJobImpl::acquire_next() {
@@ -233,10 +249,40 @@ void SaveJobImpl::fill(std::size_t e, unsigned slot) {
     return;
   }
   if (filled_all) fire_staged(nullptr);
-  engine_.uring().write(files_[x.file].fd(), slot, dst, write_length, x.lo,
-                        [self = self(), e, slot, write_length](std::int64_t result) {
-                          self->on_written(e, slot, write_length, result);
-                        });
+  submit_in_order(e, slot, write_length);
+}
+
+// Writes go to the ring in plan order: a slot filled ahead of an earlier one
+// waits in ready_ until every earlier extent has been submitted.
+void SaveJobImpl::submit_in_order(std::size_t e, unsigned slot, std::size_t write_length) {
+  std::vector<std::pair<std::size_t, Filled>> batch;
+  bool dropped = false;
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) {
+      --outstanding_;
+      dropped = true;
+    } else {
+      ready_.emplace(e, Filled{slot, write_length});
+      while (!ready_.empty() && ready_.begin()->first == next_submit_) {
+        batch.emplace_back(*ready_.begin());
+        ready_.erase(ready_.begin());
+        ++next_submit_;
+      }
+    }
+  }
+  if (dropped) {
+    engine_.ring().release(slot);
+    check_done();
+    return;
+  }
+  for (const auto& [k, f] : batch) {
+    const Extent& x = extents_[k];
+    engine_.uring().write(files_[x.file].fd(), f.slot, engine_.ring().slot_data(f.slot), f.length,
+                          x.lo, [self = self(), k, f](std::int64_t result) {
+                            self->on_written(k, f.slot, f.length, result);
+                          });
+  }
 }
 
 // On the I/O thread.
