@@ -15,13 +15,16 @@ bool stderr_is_terminal();
 class ProgressBar {
  public:
   explicit ProgressBar(std::string label);
-  ~ProgressBar();  // ends the line
+  ~ProgressBar();  // erases the bar: what follows starts on a clean line
   void update(std::uint64_t done, std::uint64_t total);
 
  private:
   struct Impl;
   Impl* impl_;
 };
+
+// A rate in decimal units, as disks are sold: "1.2 GB/s", "850.3 MB/s".
+std::string format_rate(double bytes_per_second);
 
 // Left-aligned text columns, right-aligned numeric ones, one header row.
 std::string format_table(const std::vector<std::string>& header,
