@@ -47,7 +47,44 @@ std::string first_failure(const std::vector<std::string>& statuses) {
   return {};
 }
 
+// One rank: the same protocol, without carrying plans through a Coordinator.
+Metadata save_single(const StateDict& state_dict, StorageWriter& writer, SavePlanner& p) {
+  p.set_up_planner(state_dict, true);
+  writer.set_up_storage_writer(true, 0);
+  std::vector<SavePlan> plans;
+  plans.push_back(writer.prepare_local_plan(p.create_local_plan()));
+  auto [global, metadata] = p.create_global_plan(std::move(plans));
+  global = writer.prepare_global_plan(std::move(global));
+  const SavePlan final_plan = p.finish_plan(std::move(global.at(0)));
+  try {
+    std::vector<WriteResults> results{writer.write_data(final_plan, p)};
+    writer.finish(metadata, results);
+    add_results(metadata, results);
+  } catch (...) {
+    writer.abort();
+    throw;
+  }
+  return metadata;
+}
+
+void load_single(StateDict& state_dict, StorageReader& reader, LoadPlanner& p) {
+  const Metadata metadata = reader.read_metadata();
+  p.set_up_planner(state_dict, metadata, true);
+  reader.set_up_storage_reader(metadata, true);
+  std::vector<LoadPlan> plans;
+  plans.push_back(reader.prepare_local_plan(p.create_local_plan()));
+  plans = reader.prepare_global_plan(p.create_global_plan(std::move(plans)));
+  reader.read_data(p.finish_plan(std::move(plans.at(0))), p);
+}
+
 }  // namespace
+
+void add_results(Metadata& metadata, const std::vector<WriteResults>& results) {
+  for (const WriteResults& r : results) {
+    for (const WriteResult& item : r.items) metadata.storage_data[item.index] = item.storage_data;
+    metadata.files.insert(metadata.files.end(), r.files.begin(), r.files.end());
+  }
+}
 
 Metadata save(const StateDict& state_dict, StorageWriter& writer, SavePlanner* planner,
               Coordinator* coordinator) {
@@ -55,6 +92,7 @@ Metadata save(const StateDict& state_dict, StorageWriter& writer, SavePlanner* p
   Coordinator& c = coordinator ? *coordinator : single;
   DefaultSavePlanner default_planner;
   SavePlanner& p = planner ? *planner : default_planner;
+  if (c.world_size() == 1) return save_single(state_dict, writer, p);
   const bool is_coordinator = c.is_coordinator();
 
   // 1. Local plans, gathered at the coordinator.
@@ -104,6 +142,7 @@ Metadata save(const StateDict& state_dict, StorageWriter& writer, SavePlanner* p
         std::vector<WriteResults> all;
         for (const auto& r : results) all.push_back(decode_write_results(payload(r)));
         writer.finish(metadata, all);
+        add_results(metadata, all);
         return std::string();
       });
     }
@@ -122,6 +161,10 @@ void load(StateDict& state_dict, StorageReader& reader, LoadPlanner* planner,
   Coordinator& c = coordinator ? *coordinator : single;
   DefaultLoadPlanner default_planner;
   LoadPlanner& p = planner ? *planner : default_planner;
+  if (c.world_size() == 1) {
+    load_single(state_dict, reader, p);
+    return;
+  }
   const bool is_coordinator = c.is_coordinator();
 
   Metadata metadata;

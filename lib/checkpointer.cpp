@@ -135,6 +135,11 @@ namespace {
 // Everything one save needs until it has committed or failed.
 struct SaveTask {
   std::shared_ptr<SaveHandle::State> state;
+  const StateDict* state_dict = nullptr;
+  AsyncSaveOptions options;
+  StagingMode mode = StagingMode::lazy;
+  bool planned = false;
+  bool cancelled = false;  // guarded by Impl::mu; asked before the job started
   std::filesystem::path dir;
   std::unique_ptr<DefaultSavePlanner> own_planner;
   SavePlanner* planner = nullptr;
@@ -158,39 +163,55 @@ struct Checkpointer::Impl {
   std::shared_ptr<SaveTask> running;            // guarded by mu
   bool closing = false;                         // guarded by mu
 
-  std::shared_ptr<SaveTask> plan(const StateDict& sd, std::filesystem::path dir,
-                                 const AsyncSaveOptions& o);
+  std::shared_ptr<SaveTask> submit(const StateDict& sd, std::filesystem::path dir,
+                                   const AsyncSaveOptions& o);
+  void plan(SaveTask& task);
   void enqueue(std::shared_ptr<SaveTask> task);
   void start(std::shared_ptr<SaveTask> task);
+  void run(const std::shared_ptr<SaveTask>& task);
   void on_written(const std::shared_ptr<SaveTask>& task, std::exception_ptr error,
                   WriteResults results);
   void finished(const std::shared_ptr<SaveTask>& task);
   void cancel(const std::shared_ptr<SaveTask>& task);
 };
 
-std::shared_ptr<SaveTask> Checkpointer::Impl::plan(const StateDict& sd, std::filesystem::path dir,
-                                                   const AsyncSaveOptions& o) {
-  auto task = std::make_shared<SaveTask>();
-  task->state = std::make_shared<SaveHandle::State>();
-  task->dir = std::move(dir);
-  if (o.planner) {
-    task->planner = o.planner;
+// Runs the planner protocol for one rank and lays the files out; checks that
+// the save fits the ring when its mode needs that.
+void Checkpointer::Impl::plan(SaveTask& task) {
+  if (task.options.planner) {
+    task.planner = task.options.planner;
   } else {
-    task->own_planner = std::make_unique<DefaultSavePlanner>();
-    task->planner = task->own_planner.get();
+    task.own_planner = std::make_unique<DefaultSavePlanner>();
+    task.planner = task.own_planner.get();
   }
-  SavePlanner& planner = *task->planner;
-  task->writer = std::make_unique<FileSystemWriter>(task->dir, engine, o.overwrite);
-  planner.set_up_planner(sd, true);
-  task->writer->set_up_storage_writer(true, 0);
+  SavePlanner& planner = *task.planner;
+  task.writer = std::make_unique<FileSystemWriter>(task.dir, engine, task.options.overwrite);
+  planner.set_up_planner(*task.state_dict, true);
+  task.writer->set_up_storage_writer(true, 0);
   std::vector<SavePlan> local;
-  local.push_back(task->writer->prepare_local_plan(planner.create_local_plan()));
+  local.push_back(task.writer->prepare_local_plan(planner.create_local_plan()));
   auto [plans, metadata] = planner.create_global_plan(std::move(local));
-  plans = task->writer->prepare_global_plan(std::move(plans));
-  task->plan = planner.finish_plan(std::move(plans.at(0)));
-  task->metadata = std::move(metadata);
-  task->layout = plan_layout(task->plan, task->plan.storage_data, options.io.max_file_bytes);
-  return task;
+  plans = task.writer->prepare_global_plan(std::move(plans));
+  task.plan = planner.finish_plan(std::move(plans.at(0)));
+  task.metadata = std::move(metadata);
+  task.layout = plan_layout(task.plan, task.plan.storage_data, options.io.max_file_bytes);
+  task.planned = true;
+
+  const std::uint64_t extent = engine->ring().slot_bytes();
+  std::uint64_t extents = 0;
+  for (const auto& f : task.layout.files) extents += (f.size + extent - 1) / extent;
+  if (extents <= engine->ring().slot_count()) return;
+  if (task.mode == StagingMode::snapshot) {
+    throw Error(ErrorCode::kInvalidArgument, task.dir.string(),
+                "snapshot staging needs a ring of " + std::to_string(extents * extent) +
+                    " bytes for this state dict, the ring holds " +
+                    std::to_string(engine->ring().total_bytes()) +
+                    ": raise IoOptions::ring_bytes or stage bounded");
+  }
+  if (task.mode == StagingMode::lazy) {
+    engine->note("lazy save larger than the staging ring: it stages as the disk drains the "
+                 "ring (bounded); raise IoOptions::ring_bytes for memory-speed staging");
+  }
 }
 
 void Checkpointer::Impl::enqueue(std::shared_ptr<SaveTask> task) {
@@ -216,10 +237,26 @@ void Checkpointer::Impl::enqueue(std::shared_ptr<SaveTask> task) {
   start(std::move(task));
 }
 
+// Plans (unless done already) and starts the job on the control thread, so
+// that a lazy or bounded async_save returns without planning.
 void Checkpointer::Impl::start(std::shared_ptr<SaveTask> task) {
-  std::weak_ptr<SaveTask> weak = task;
+  boost::asio::post(control, [this, task = std::move(task)] { run(task); });
+}
+
+void Checkpointer::Impl::run(const std::shared_ptr<SaveTask>& task) {
+  try {
+    {
+      std::lock_guard lock(mu);
+      if (task->cancelled) std::rethrow_exception(cancelled(task->dir));
+    }
+    if (!task->planned) plan(*task);
+  } catch (...) {
+    task->state->complete_committed(std::current_exception());
+    finished(task);
+    return;
+  }
   auto state = task->state;
-  task->job = detail::SaveJob::start(
+  auto job = detail::SaveJob::start(
       *engine, task->dir, task->plan, *task->planner, task->layout,
       {.staged = [state](std::exception_ptr error) { state->complete_staged(error); },
        .written = [this, task](std::exception_ptr error, WriteResults results) {
@@ -228,13 +265,22 @@ void Checkpointer::Impl::start(std::shared_ptr<SaveTask> task) {
            on_written(task, error, std::move(r));
          });
        }});
+  bool cancel_now;
+  {
+    std::lock_guard lock(mu);
+    task->job = job;
+    cancel_now = task->cancelled;
+  }
+  if (cancel_now) job->cancel();
 }
 
 void Checkpointer::Impl::on_written(const std::shared_ptr<SaveTask>& task,
                                     std::exception_ptr error, WriteResults results) {
   if (!error) {
     try {
-      task->writer->finish(task->metadata, {std::move(results)});
+      std::vector<WriteResults> all{std::move(results)};
+      task->writer->finish(task->metadata, all);
+      add_results(task->metadata, all);
     } catch (...) {
       task->writer->abort();
       error = std::current_exception();
@@ -270,7 +316,10 @@ void Checkpointer::Impl::cancel(const std::shared_ptr<SaveTask>& task) {
         return;
       }
     }
-    if (running == task) job = task->job;
+    if (running == task) {
+      job = task->job;
+      task->cancelled = true;  // seen by run() if the job has not started yet
+    }
   }
   if (job) job->cancel();
 }
@@ -287,7 +336,10 @@ Checkpointer::~Checkpointer() {
     std::lock_guard lock(impl_->mu);
     impl_->closing = true;
     queued.swap(impl_->queue);
-    if (impl_->running) job = impl_->running->job;
+    if (impl_->running) {
+      job = impl_->running->job;
+      impl_->running->cancelled = true;
+    }
   }
   for (auto& t : queued) t->state->complete_committed(cancelled(t->dir));
   if (job) job->cancel();
@@ -298,37 +350,33 @@ Checkpointer::~Checkpointer() {
   impl_->control.join();
 }
 
+std::shared_ptr<SaveTask> Checkpointer::Impl::submit(const StateDict& state_dict,
+                                                      std::filesystem::path dir,
+                                                      const AsyncSaveOptions& o) {
+  auto task = std::make_shared<SaveTask>();
+  task->state = std::make_shared<SaveHandle::State>();
+  task->state_dict = &state_dict;
+  task->options = o;
+  task->mode = o.mode.value_or(options.default_mode);
+  task->dir = std::move(dir);
+  // A snapshot save blocks its caller anyway: plan here, so that a state dict
+  // that does not fit the ring is refused at once.
+  if (task->mode == StagingMode::snapshot) plan(*task);
+  enqueue(task);
+  if (task->mode == StagingMode::snapshot) task->state->staged.wait();
+  return task;
+}
+
 SaveHandle Checkpointer::async_save(const StateDict& state_dict, std::filesystem::path dir,
                                     AsyncSaveOptions options) {
-  const StagingMode mode = options.mode.value_or(impl_->options.default_mode);
-  std::shared_ptr<SaveTask> task = impl_->plan(state_dict, std::move(dir), options);
-
-  const std::uint64_t extent = impl_->engine->ring().slot_bytes();
-  std::uint64_t extents = 0;
-  for (const auto& f : task->layout.files) extents += (f.size + extent - 1) / extent;
-  const bool fits = extents <= impl_->engine->ring().slot_count();
-  if (!fits && mode == StagingMode::snapshot) {
-    throw Error(ErrorCode::kInvalidArgument, task->dir.string(),
-                "snapshot staging needs a ring of " + std::to_string(extents * extent) +
-                    " bytes for this state dict, the ring holds " +
-                    std::to_string(impl_->engine->ring().total_bytes()) +
-                    ": raise IoOptions::ring_bytes or stage bounded");
-  }
-  if (!fits && mode == StagingMode::lazy) {
-    impl_->engine->note("lazy save larger than the staging ring: it stages as the disk drains "
-                        "the ring (bounded); raise IoOptions::ring_bytes for memory-speed staging");
-  }
-  SaveHandle handle(task->state);
-  impl_->enqueue(std::move(task));
-  if (mode == StagingMode::snapshot) handle.staged.wait();
-  return handle;
+  return SaveHandle(impl_->submit(state_dict, std::move(dir), options)->state);
 }
 
 Metadata Checkpointer::save(const StateDict& state_dict, const std::filesystem::path& dir,
                             AsyncSaveOptions options) {
-  SaveHandle handle = async_save(state_dict, dir, options);
-  handle.committed.get();
-  return read_metadata(dir);
+  std::shared_ptr<SaveTask> task = impl_->submit(state_dict, dir, options);
+  task->state->committed.get();
+  return task->metadata;  // with storage_data and files, as committed
 }
 
 void Checkpointer::load(StateDict& state_dict, const std::filesystem::path& dir,

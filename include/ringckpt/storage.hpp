@@ -24,6 +24,10 @@ struct WriteResults {
   std::vector<FileInfo> files;
 };
 
+// Records in `metadata` where every item went and every data file written
+// (what StorageWriter::finish commits).
+void add_results(Metadata& metadata, const std::vector<WriteResults>& results);
+
 class StorageWriter {
  public:
   virtual ~StorageWriter() = default;
