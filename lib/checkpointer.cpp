@@ -276,14 +276,26 @@ void Checkpointer::Impl::run(const std::shared_ptr<SaveTask>& task) {
 
 void Checkpointer::Impl::on_written(const std::shared_ptr<SaveTask>& task,
                                     std::exception_ptr error, WriteResults results) {
+  const bool wrote = !error;
+  if (!error) {
+    std::lock_guard lock(mu);
+    if (task->cancelled) error = cancelled(task->dir);  // cancel() came after the job's end
+  }
   if (!error) {
     try {
       std::vector<WriteResults> all{std::move(results)};
       task->writer->finish(task->metadata, all);
       add_results(task->metadata, all);
     } catch (...) {
-      task->writer->abort();
       error = std::current_exception();
+    }
+  }
+  if (error && wrote) {
+    // The job wrote these files; FileSystemWriter::abort() knows only those
+    // of its own write_data, so it would leave them.
+    for (const auto& f : task->layout.files) {
+      std::error_code ignored;
+      std::filesystem::remove(task->dir / f.relative_path, ignored);
     }
   }
   task->state->complete_committed(error);
@@ -348,6 +360,10 @@ Checkpointer::~Checkpointer() {
     impl_->idle.wait(lock, [&] { return !impl_->running; });
   }
   impl_->control.join();
+  // A staging thread may still be inside post(control, ...) (signalling its
+  // condition variable after the handler already ran): let it return before
+  // control is destroyed.
+  impl_->engine->staging_pool().join();
 }
 
 std::shared_ptr<SaveTask> Checkpointer::Impl::submit(const StateDict& state_dict,

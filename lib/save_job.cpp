@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 #include <system_error>
+#include <utility>
 
 #include "data_file.hpp"
 #include "extent_checksum.hpp"
@@ -393,7 +394,8 @@ void SaveJobImpl::deliver() {
     cleanup_and_fail();
     return;
   }
-  callbacks_.written(nullptr, std::move(results));
+  // The callback holds the save task, which holds this job: drop it once called.
+  std::exchange(callbacks_.written, nullptr)(nullptr, std::move(results));
 }
 
 void SaveJobImpl::cleanup_and_fail() {
@@ -411,7 +413,7 @@ void SaveJobImpl::cleanup_and_fail() {
     std::filesystem::remove(dir_ / layout_.files[f].relative_path, ignored);
   }
   fire_staged(error);
-  callbacks_.written(error, {});
+  std::exchange(callbacks_.written, nullptr)(error, {});
 }
 
 }  // namespace
