@@ -72,6 +72,15 @@ DataFile DataFile::create(const std::filesystem::path& path, bool want_direct) {
   return f;
 }
 
+void DataFile::allocate(std::uint64_t size) {
+  if (size == 0) return;
+  if (::fallocate(fd_, 0, 0, static_cast<off_t>(size)) == 0) return;
+  const int err = errno;
+  if (err == EOPNOTSUPP || err == ENOSYS) return;  // the writes allocate as they go
+  throw Error(ErrorCode::kIo, path_.string(),
+              "cannot reserve " + std::to_string(size) + " bytes: " + std::strerror(err));
+}
+
 DataFile DataFile::open_read(const std::filesystem::path& path, bool want_direct) {
   DataFile f;
   // O_NONBLOCK: opening a FIFO planted in place of a data file must not hang.

@@ -28,6 +28,10 @@ class DataFile {
   const std::filesystem::path& path() const noexcept { return path_; }
   std::uint64_t size() const;          // fstat
   void truncate(std::uint64_t size);   // ftruncate; Error(kIo, path)
+  // Reserves blocks for [0, size) and sets the size to it (fallocate), where
+  // the file system can; a file system that cannot is left as it is. A full
+  // disk is Error(kIo, path).
+  void allocate(std::uint64_t size);
   void close();                        // Error(kIo, path) if close fails
 
  private:

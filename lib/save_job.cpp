@@ -104,6 +104,11 @@ void SaveJobImpl::begin() {
       const FileLayout& file = layout_.files[f];
       files_.push_back(DataFile::create(dir_ / file.relative_path, engine_.options().direct_io));
       engine_.record_direct_io(files_.back().direct(), dir_.string());
+      if (files_.back().direct()) {
+        // Direct writes inside the file's size run asynchronously; writes that
+        // extend it serialize on the inode (ext4, xfs) and go to kernel workers.
+        files_.back().allocate(round_up(file.size, kAlignment));
+      }
       const std::uint64_t count = (file.size + e - 1) / e;
       checksums_[f].resize(count);
       for (std::uint64_t k = 0; k < count; ++k) {
