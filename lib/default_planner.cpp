@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <variant>
 
@@ -35,8 +37,12 @@ std::string tensor_str(const Shape& shape, DType dtype) {
   return shape_str(shape) + " " + std::string(dtype_name(dtype));
 }
 
+std::string chunk_str(const Shape& offsets, const Shape& sizes) {
+  return "offsets " + shape_str(offsets) + " sizes " + shape_str(sizes);
+}
+
 std::string chunk_str(const ChunkStorageMetadata& chunk) {
-  return "offsets " + shape_str(chunk.offsets) + " sizes " + shape_str(chunk.sizes);
+  return chunk_str(chunk.offsets, chunk.sizes);
 }
 
 std::string u128_str(unsigned __int128 v) {
@@ -184,6 +190,13 @@ void validate_tensor(const std::string& fqn, const TensorStorageMetadata& tm) {
   }
   // In bounds, so every chunk of an empty tensor is empty: nothing to cover.
   if (*total == 0) return;
+  // One chunk in bounds tiles the tensor exactly when it is the whole tensor
+  // (the common case: a tensor saved whole). Anything else takes the full test.
+  if (tm.chunks.size() == 1 && tm.chunks[0].sizes == global &&
+      std::all_of(tm.chunks[0].offsets.begin(), tm.chunks[0].offsets.end(),
+                  [](std::int64_t o) { return o == 0; })) {
+    return;
+  }
 
   // Empty chunks cancel in the corner sum; leave them out. A non-empty chunk
   // in bounds holds at most *total elements, so its numel does not overflow.
@@ -228,17 +241,21 @@ void validate_tensor(const std::string& fqn, const TensorStorageMetadata& tm) {
 
 bool is_bytes(const WriteItem& item) { return item.type == WriteItemType::BYTE_IO; }
 
-WriteItem tensor_item(const std::string& fqn, const TensorView& t) {
+// Appends the item that saves t whole.
+void add_tensor_item(std::vector<WriteItem>& items, const std::string& fqn, const TensorView& t) {
   if (has_negative(t.shape)) {
     throw Error(ErrorCode::kInvalidArgument, fqn,
                 "shape " + shape_str(t.shape) + " has a negative dimension");
   }
-  WriteItem item;
-  item.index = MetadataIndex{fqn, zeros(t.shape.size()), std::nullopt};
+  WriteItem& item = items.emplace_back();
+  item.index.fqn = fqn;
+  item.index.offset.emplace(t.shape.size(), 0);
   item.type = WriteItemType::TENSOR;
-  item.tensor_data = TensorWriteData{ChunkStorageMetadata{zeros(t.shape.size()), t.shape},
-                                     TensorProperties{t.dtype}, t.shape};
-  return item;
+  TensorWriteData& td = item.tensor_data.emplace();
+  td.chunk.offsets.assign(t.shape.size(), 0);
+  td.chunk.sizes = t.shape;
+  td.properties.dtype = t.dtype;
+  td.size = t.shape;
 }
 
 // Checks a shard against its tensor's dtype and global shape.
@@ -281,6 +298,32 @@ std::string kind_str(const WriteItem& item) {
                         : tensor_str(item.tensor_data->size, item.tensor_data->properties.dtype);
 }
 
+// A MetadataIndex by reference, hashed and compared as MetadataIndex compares
+// (fqn and offset; the index hint takes no part).
+struct IndexRef {
+  const MetadataIndex* index;
+  friend bool operator==(const IndexRef& a, const IndexRef& b) { return *a.index == *b.index; }
+};
+
+struct IndexRefHash {
+  std::size_t operator()(const IndexRef& r) const noexcept {
+    std::size_t h = std::hash<std::string_view>{}(r.index->fqn);
+    if (r.index->offset) {
+      h ^= 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+      for (std::int64_t d : *r.index->offset) {
+        h ^= std::hash<std::int64_t>{}(d) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+      }
+    }
+    return h;
+  }
+};
+
+std::size_t total_items(const std::vector<SavePlan>& plans) {
+  std::size_t n = 0;
+  for (const auto& plan : plans) n += plan.items.size();
+  return n;
+}
+
 // Every rank must agree, for each fqn, on tensor-or-bytes and on the dtype and
 // global shape of a tensor.
 void check_consistent(const std::vector<SavePlan>& plans) {
@@ -288,7 +331,8 @@ void check_consistent(const std::vector<SavePlan>& plans) {
     int rank;
     const WriteItem* item;
   };
-  std::map<std::string, First, std::less<>> first;
+  std::unordered_map<std::string_view, First> first;
+  first.reserve(total_items(plans));
   for (std::size_t r = 0; r < plans.size(); ++r) {
     for (const auto& item : plans[r].items) {
       if (!is_bytes(item) && !item.tensor_data) {
@@ -315,32 +359,37 @@ void check_consistent(const std::vector<SavePlan>& plans) {
 // counted first (that rank writes them regardless); replicated items are then
 // placed greedily in order of first appearance (rank-major), ties to the
 // lowest rank. Within a rank nothing is removed, so a rank's own duplicates
-// still reach validation.
-void dedup_replicated(std::vector<SavePlan>& plans) {
+// still reach validation. Returns whether any item was removed.
+bool dedup_replicated(std::vector<SavePlan>& plans) {
   struct Group {
-    std::vector<std::size_t> ranks;  // ascending, distinct
+    std::size_t rank;                 // the first rank that holds it
+    std::vector<std::size_t> others;  // later ranks, ascending, distinct
     const WriteItem* first;
+    std::size_t last_rank() const { return others.empty() ? rank : others.back(); }
   };
   std::vector<Group> groups;
-  std::map<MetadataIndex, std::size_t> group_of;
+  groups.reserve(total_items(plans));
+  std::unordered_map<IndexRef, std::size_t, IndexRefHash> group_of;
+  group_of.reserve(total_items(plans));
   std::vector<std::vector<std::size_t>> item_group(plans.size());
   for (std::size_t r = 0; r < plans.size(); ++r) {
+    item_group[r].reserve(plans[r].items.size());
     for (const auto& item : plans[r].items) {
-      auto [it, inserted] = group_of.try_emplace(item.index, groups.size());
+      auto [it, inserted] = group_of.try_emplace(IndexRef{&item.index}, groups.size());
       if (inserted) {
-        groups.push_back(Group{{r}, &item});
+        groups.push_back(Group{r, {}, &item});
       } else {
         Group& g = groups[it->second];
         const WriteItem& a = *g.first;
         if (!is_bytes(a) && a.tensor_data->chunk.sizes != item.tensor_data->chunk.sizes) {
           throw Error(ErrorCode::kInvalidArgument, item.index.fqn,
-                      "ranks " + std::to_string(g.ranks.front()) + " and " + std::to_string(r) +
+                      "ranks " + std::to_string(g.rank) + " and " + std::to_string(r) +
                           " save different chunks at offsets " +
                           shape_str(a.tensor_data->chunk.offsets) + ": sizes " +
                           shape_str(a.tensor_data->chunk.sizes) + " and " +
                           shape_str(item.tensor_data->chunk.sizes));
         }
-        if (g.ranks.back() != r) g.ranks.push_back(r);
+        if (g.last_rank() != r) g.others.push_back(r);
       }
       item_group[r].push_back(it->second);
     }
@@ -348,49 +397,126 @@ void dedup_replicated(std::vector<SavePlan>& plans) {
 
   std::vector<std::uint64_t> planned(plans.size(), 0);
   for (const auto& g : groups) {
-    if (g.ranks.size() == 1) planned[g.ranks.front()] += g.first->nbytes();
+    if (g.others.empty()) planned[g.rank] += g.first->nbytes();
   }
   std::vector<std::size_t> keeper(groups.size());
   for (std::size_t gi = 0; gi < groups.size(); ++gi) {
     const Group& g = groups[gi];
-    std::size_t best = g.ranks.front();
-    for (std::size_t r : g.ranks) {
+    std::size_t best = g.rank;
+    for (std::size_t r : g.others) {
       if (planned[r] < planned[best]) best = r;  // strict: ties keep the lower rank
     }
-    if (g.ranks.size() > 1) planned[best] += g.first->nbytes();
+    if (!g.others.empty()) planned[best] += g.first->nbytes();
     keeper[gi] = best;
   }
 
+  bool removed = false;
   for (std::size_t r = 0; r < plans.size(); ++r) {
+    auto& items = plans[r].items;
+    const auto& groups_of_items = item_group[r];
+    std::size_t keep = 0;
+    for (std::size_t i = 0; i < items.size(); ++i) keep += keeper[groups_of_items[i]] == r;
+    if (keep == items.size()) continue;  // nothing moves to another rank
+    removed = true;
     std::vector<WriteItem> kept;
-    for (std::size_t i = 0; i < plans[r].items.size(); ++i) {
-      if (keeper[item_group[r][i]] == r) kept.push_back(std::move(plans[r].items[i]));
+    kept.reserve(keep);
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      if (keeper[groups_of_items[i]] == r) kept.push_back(std::move(items[i]));
     }
-    plans[r].items = std::move(kept);
+    items = std::move(kept);
   }
+  return removed;
+}
+
+// Every item of the plans, ordered by fqn, each fqn's items in plan order
+// (rank-major).
+std::vector<WriteItem*> items_by_fqn(std::vector<SavePlan>& plans) {
+  std::vector<WriteItem*> order;
+  order.reserve(total_items(plans));
+  for (auto& plan : plans) {
+    for (auto& item : plan.items) order.push_back(&item);
+  }
+  std::stable_sort(order.begin(), order.end(), [](const WriteItem* a, const WriteItem* b) {
+    return a->index.fqn < b->index.fqn;
+  });
+  return order;
 }
 
 // The metadata of the (deduplicated) plans. Sets each tensor item's index
-// hint to its chunk's position. Pre: check_consistent passed.
-Metadata build_metadata(std::vector<SavePlan>& plans) {
+// hint to its chunk's position. Pre: check_consistent passed; `order` is
+// items_by_fqn(plans), so that the map is filled in key order, each insert at
+// its end, and chunk positions follow plan order.
+Metadata build_metadata(std::vector<SavePlan>& plans, const std::vector<WriteItem*>& order) {
   Metadata md;
-  for (auto& plan : plans) {
-    for (auto& item : plan.items) {
-      if (is_bytes(item)) {
-        md.state_dict_metadata.try_emplace(item.index.fqn, BytesStorageMetadata{});
-        continue;
-      }
-      const TensorWriteData& td = *item.tensor_data;
-      auto it = md.state_dict_metadata
-                    .try_emplace(item.index.fqn, TensorStorageMetadata{td.properties, td.size, {}})
-                    .first;
+  auto& items = md.state_dict_metadata;
+  for (std::size_t k = 0; k < order.size();) {
+    WriteItem& head = *order[k];
+    std::size_t end = k + 1;
+    while (end < order.size() && order[end]->index.fqn == head.index.fqn) ++end;
+    // The kind and shape of the first item: check_consistent saw the rest agree.
+    if (is_bytes(head)) {
+      items.emplace_hint(items.end(), head.index.fqn, BytesStorageMetadata{});
+    } else {
+      const TensorWriteData& td = *head.tensor_data;
+      auto it = items.emplace_hint(items.end(), head.index.fqn,
+                                   TensorStorageMetadata{td.properties, td.size, {}});
       auto& tm = std::get<TensorStorageMetadata>(it->second);
-      item.index.index = tm.chunks.size();
-      tm.chunks.push_back(td.chunk);
+      tm.chunks.reserve(end - k);
+      for (std::size_t i = k; i < end; ++i) {
+        WriteItem& item = *order[i];
+        if (is_bytes(item)) continue;  // not reached: check_consistent
+        item.index.index = tm.chunks.size();
+        tm.chunks.push_back(item.tensor_data->chunk);
+      }
     }
+    k = end;
+  }
+  for (auto& plan : plans) {
     for (const auto& [key, value] : plan.planner_data) md.planner_data.try_emplace(key, value);
   }
   return md;
+}
+
+// check_consistent, dedup_replicated and build_metadata at once for plans in
+// which no two items share an fqn (the common case): there the only fault
+// check_consistent can find is a tensor item without tensor data, and there is
+// nothing to deduplicate. nullopt if two items share an fqn (having changed
+// nothing but index hints, which build_metadata sets again).
+std::optional<Metadata> build_metadata_unique(std::vector<SavePlan>& plans) {
+  Metadata md;
+  auto& items = md.state_dict_metadata;
+  for (std::size_t r = 0; r < plans.size(); ++r) {
+    for (auto& item : plans[r].items) {
+      if (!is_bytes(item) && !item.tensor_data) {
+        throw Error(ErrorCode::kInvalidArgument, item.index.fqn,
+                    "rank " + std::to_string(r) + " plans a tensor item without tensor data");
+      }
+      auto [it, inserted] = items.try_emplace(item.index.fqn);
+      // The hints set so far are set again by build_metadata.
+      if (!inserted) return std::nullopt;
+      if (is_bytes(item)) {
+        it->second = BytesStorageMetadata{};
+      } else {
+        const TensorWriteData& td = *item.tensor_data;
+        auto& tm = std::get<TensorStorageMetadata>(it->second);
+        tm.properties = td.properties;
+        tm.size = td.size;
+        tm.chunks.push_back(td.chunk);
+        item.index.index = 0;
+      }
+    }
+  }
+  for (auto& plan : plans) {
+    for (const auto& [key, value] : plan.planner_data) md.planner_data.try_emplace(key, value);
+  }
+  return md;
+}
+
+// The chunk test of validate_global_plan, for every tensor of `metadata`.
+void validate_tensors(const Metadata& metadata) {
+  for (const auto& [fqn, sm] : metadata.state_dict_metadata) {
+    if (const auto* tm = std::get_if<TensorStorageMetadata>(&sm)) validate_tensor(fqn, *tm);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -418,8 +544,63 @@ ReadItem bytes_read_item(const std::string& fqn) {
   return item;
 }
 
-void append(std::vector<ReadItem>& out, std::vector<ReadItem> more) {
-  out.insert(out.end(), std::make_move_iterator(more.begin()), std::make_move_iterator(more.end()));
+// read_items_for_box, appending to `out`: the destination box is
+// [dest_offsets, dest_offsets + dest_sizes) of dest_index's tensor or shard,
+// dest_index being {fqn, dest_offsets}.
+void append_read_items(std::vector<ReadItem>& out, const std::string& fqn,
+                       const TensorStorageMetadata& stored, const MetadataIndex* dest_index,
+                       const Shape& dest_offsets, const Shape& dest_sizes) {
+  const std::size_t ndim = dest_offsets.size();
+  if (dest_sizes.size() != ndim) {
+    throw Error(ErrorCode::kInvalidArgument, fqn,
+                "destination box " + chunk_str(dest_offsets, dest_sizes) +
+                    " has mismatched ranks");
+  }
+  for (std::size_t c = 0; c < stored.chunks.size(); ++c) {
+    const auto& chunk = stored.chunks[c];
+    if (chunk.offsets.size() != ndim || chunk.sizes.size() != ndim) {
+      throw Error(ErrorCode::kMismatch, fqn,
+                  "stored chunk " + chunk_str(chunk) + " does not have the " +
+                      std::to_string(ndim) + " dimensions of the destination");
+    }
+    // Intersection [lo, hi) of the two boxes; empty if hi <= lo in any dim.
+    // A 0-d box has no dimension and so always intersects.
+    bool empty = false;
+    for (std::size_t d = 0; d < ndim && !empty; ++d) {
+      std::int64_t chunk_end = 0, dest_end = 0;
+      if (__builtin_add_overflow(chunk.offsets[d], chunk.sizes[d], &chunk_end) ||
+          __builtin_add_overflow(dest_offsets[d], dest_sizes[d], &dest_end)) {
+        throw Error(ErrorCode::kInvalidArgument, fqn,
+                    "box " + chunk_str(chunk) + " or " + chunk_str(dest_offsets, dest_sizes) +
+                        " overflows");
+      }
+      empty = std::min(chunk_end, dest_end) <= std::max(chunk.offsets[d], dest_offsets[d]);
+    }
+    if (empty) continue;
+
+    ReadItem& item = out.emplace_back();
+    item.type = LoadItemType::TENSOR;
+    if (dest_index) {
+      item.dest_index = *dest_index;
+    } else {
+      item.dest_index.fqn = fqn;
+      item.dest_index.offset = dest_offsets;
+    }
+    item.storage_index.fqn = fqn;
+    item.storage_index.offset = chunk.offsets;
+    item.storage_index.index = c;
+    item.dest_offsets.resize(ndim);
+    item.storage_offsets.resize(ndim);
+    item.lengths.resize(ndim);
+    for (std::size_t d = 0; d < ndim; ++d) {  // no overflow: checked above
+      const std::int64_t lo = std::max(chunk.offsets[d], dest_offsets[d]);
+      const std::int64_t hi = std::min(chunk.offsets[d] + chunk.sizes[d],
+                                       dest_offsets[d] + dest_sizes[d]);
+      item.dest_offsets[d] = lo - dest_offsets[d];
+      item.storage_offsets[d] = lo - chunk.offsets[d];
+      item.lengths[d] = hi - lo;
+    }
+  }
 }
 
 }  // namespace
@@ -427,9 +608,7 @@ void append(std::vector<ReadItem>& out, std::vector<ReadItem> more) {
 // ===========================================================================
 
 void validate_global_plan(const std::vector<SavePlan>& plans, const Metadata& metadata) {
-  for (const auto& [fqn, sm] : metadata.state_dict_metadata) {
-    if (const auto* tm = std::get_if<TensorStorageMetadata>(&sm)) validate_tensor(fqn, *tm);
-  }
+  validate_tensors(metadata);
   // Every planned item must be described by the metadata, as the same kind.
   for (const auto& plan : plans) {
     for (const auto& item : plan.items) {
@@ -461,9 +640,10 @@ SavePlan DefaultSavePlanner::create_local_plan() {
     throw Error(ErrorCode::kInvalidArgument, "DefaultSavePlanner", "set_up_planner was not called");
   }
   SavePlan plan;
+  plan.items.reserve(state_dict_->size());
   for (const auto& entry : *state_dict_) {
     if (const auto* t = std::get_if<TensorView>(&entry.value)) {
-      plan.items.push_back(tensor_item(entry.fqn, *t));
+      add_tensor_item(plan.items, entry.fqn, *t);
     } else if (const auto* st = std::get_if<ShardedTensor>(&entry.value)) {
       for (const auto& shard : st->shards) plan.items.push_back(shard_item(entry.fqn, *st, shard));
     } else {
@@ -475,10 +655,17 @@ SavePlan DefaultSavePlanner::create_local_plan() {
 
 std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_plan(
     std::vector<SavePlan> all_plans) {
-  check_consistent(all_plans);
-  if (options_.dedup_replicated) dedup_replicated(all_plans);
-  Metadata metadata = build_metadata(all_plans);
-  validate_global_plan(all_plans, metadata);
+  std::optional<Metadata> built = build_metadata_unique(all_plans);
+  if (!built) {
+    check_consistent(all_plans);
+    if (options_.dedup_replicated) dedup_replicated(all_plans);
+    built = build_metadata(all_plans, items_by_fqn(all_plans));
+  }
+  Metadata metadata = std::move(*built);
+  // validate_global_plan's other half (each item described by the metadata,
+  // as its kind) holds by construction: build_metadata entered every item's
+  // fqn as the kind that check_consistent saw all its items agree on.
+  validate_tensors(metadata);
   return {std::move(all_plans), std::move(metadata)};
 }
 
@@ -497,7 +684,9 @@ std::span<const std::byte> DefaultSavePlanner::lookup_bytes(const MetadataIndex&
     throw Error(ErrorCode::kNotFound, index.fqn, "not in the state dict being saved");
   }
   if (const auto* t = std::get_if<TensorView>(value)) {
-    if (index.offset && *index.offset != zeros(t->shape.size())) {
+    if (index.offset && (index.offset->size() != t->shape.size() ||
+                         std::any_of(index.offset->begin(), index.offset->end(),
+                                     [](std::int64_t o) { return o != 0; }))) {
       throw Error(ErrorCode::kNotFound, index.fqn,
                   "a whole tensor has no chunk at offsets " + shape_str(*index.offset));
     }
@@ -537,6 +726,7 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
     throw Error(ErrorCode::kInvalidArgument, "DefaultLoadPlanner", "set_up_planner was not called");
   }
   LoadPlan plan;
+  plan.items.reserve(state_dict_->size());
   for (const auto& entry : *state_dict_) {
     const std::string& fqn = entry.fqn;
     auto it = metadata_->state_dict_metadata.find(fqn);
@@ -557,17 +747,13 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
     const auto& tm = std::get<TensorStorageMetadata>(it->second);
     if (const auto* t = std::get_if<TensorView>(&entry.value)) {
       check_matches(fqn, tm, t->shape, t->dtype);
-      const Shape origin = zeros(t->shape.size());
-      append(plan.items, read_items_for_box(fqn, tm, MetadataIndex{fqn, origin, std::nullopt},
-                                            ChunkStorageMetadata{origin, t->shape}));
+      append_read_items(plan.items, fqn, tm, nullptr, zeros(t->shape.size()), t->shape);
     } else {
       const auto& st = std::get<ShardedTensor>(entry.value);
       check_matches(fqn, tm, st.global_shape, st.dtype);
       for (const auto& shard : st.shards) {
         check_shard(fqn, st, shard);
-        append(plan.items,
-               read_items_for_box(fqn, tm, MetadataIndex{fqn, shard.offsets, std::nullopt},
-                                  ChunkStorageMetadata{shard.offsets, shard.local.shape}));
+        append_read_items(plan.items, fqn, tm, nullptr, shard.offsets, shard.local.shape);
       }
     }
   }
@@ -618,50 +804,8 @@ std::vector<ReadItem> read_items_for_box(const std::string& fqn,
                                          const TensorStorageMetadata& stored,
                                          const MetadataIndex& dest_index,
                                          const ChunkStorageMetadata& dest) {
-  const std::size_t ndim = dest.offsets.size();
-  if (dest.sizes.size() != ndim) {
-    throw Error(ErrorCode::kInvalidArgument, fqn,
-                "destination box " + chunk_str(dest) + " has mismatched ranks");
-  }
   std::vector<ReadItem> items;
-  for (std::size_t c = 0; c < stored.chunks.size(); ++c) {
-    const auto& chunk = stored.chunks[c];
-    if (chunk.offsets.size() != ndim || chunk.sizes.size() != ndim) {
-      throw Error(ErrorCode::kMismatch, fqn,
-                  "stored chunk " + chunk_str(chunk) + " does not have the " +
-                      std::to_string(ndim) + " dimensions of the destination");
-    }
-    // Intersection [lo, hi) of the two boxes; empty if hi <= lo in any dim.
-    // A 0-d box has no dimension and so always intersects.
-    Shape lo(ndim), hi(ndim);
-    bool empty = false;
-    for (std::size_t d = 0; d < ndim && !empty; ++d) {
-      std::int64_t chunk_end = 0, dest_end = 0;
-      if (__builtin_add_overflow(chunk.offsets[d], chunk.sizes[d], &chunk_end) ||
-          __builtin_add_overflow(dest.offsets[d], dest.sizes[d], &dest_end)) {
-        throw Error(ErrorCode::kInvalidArgument, fqn,
-                    "box " + chunk_str(chunk) + " or " + chunk_str(dest) + " overflows");
-      }
-      lo[d] = std::max(chunk.offsets[d], dest.offsets[d]);
-      hi[d] = std::min(chunk_end, dest_end);
-      empty = hi[d] <= lo[d];
-    }
-    if (empty) continue;
-
-    ReadItem item;
-    item.type = LoadItemType::TENSOR;
-    item.dest_index = dest_index;
-    item.storage_index = MetadataIndex{fqn, chunk.offsets, c};
-    item.dest_offsets.resize(ndim);
-    item.storage_offsets.resize(ndim);
-    item.lengths.resize(ndim);
-    for (std::size_t d = 0; d < ndim; ++d) {
-      item.dest_offsets[d] = lo[d] - dest.offsets[d];
-      item.storage_offsets[d] = lo[d] - chunk.offsets[d];
-      item.lengths[d] = hi[d] - lo[d];
-    }
-    items.push_back(std::move(item));
-  }
+  append_read_items(items, fqn, stored, &dest_index, dest.offsets, dest.sizes);
   return items;
 }
 

@@ -270,7 +270,17 @@ void append_box_runs(std::vector<ReadRun>& runs, std::uint64_t src_base, const S
   for (std::int64_t l : lengths) {
     if (l <= 0) return;
   }
-  std::vector<std::uint64_t> src_stride(nd), dst_stride(nd);
+  // Strides, and below the odometer, on the stack for the usual ranks.
+  constexpr std::size_t kInline = 8;
+  std::uint64_t inline_strides[2 * kInline];
+  std::vector<std::uint64_t> heap_strides;
+  std::uint64_t* strides = inline_strides;
+  if (nd > kInline) {
+    heap_strides.resize(2 * nd);
+    strides = heap_strides.data();
+  }
+  std::uint64_t* src_stride = strides;
+  std::uint64_t* dst_stride = strides + nd;
   std::uint64_t s = element_size, d = element_size;
   for (std::size_t i = nd; i-- > 0;) {
     src_stride[i] = s;
@@ -288,7 +298,17 @@ void append_box_runs(std::vector<ReadRun>& runs, std::uint64_t src_base, const S
     src0 += static_cast<std::uint64_t>(src_offsets[i]) * src_stride[i];
     dst0 += static_cast<std::uint64_t>(dst_offsets[i]) * dst_stride[i];
   }
-  std::vector<std::int64_t> idx(k, 0);  // odometer over dimensions 0..k-1
+  if (k == 0) {  // one run
+    runs.push_back({src0, run_length, dst + dst0});
+    return;
+  }
+  std::int64_t inline_idx[kInline] = {};
+  std::vector<std::int64_t> heap_idx;
+  std::int64_t* idx = inline_idx;  // odometer over dimensions 0..k-1
+  if (k > kInline) {
+    heap_idx.assign(k, 0);
+    idx = heap_idx.data();
+  }
   while (true) {
     std::uint64_t so = src0, dof = dst0;
     for (std::size_t i = 0; i < k; ++i) {

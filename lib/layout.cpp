@@ -23,34 +23,44 @@ std::string safetensors_name(const WriteItem& item) {
   return name;
 }
 
-static SafetensorsEntry entry_for(const WriteItem& item, std::uint64_t begin) {
-  SafetensorsEntry e;
-  e.name = safetensors_name(item);
-  if (item.type == WriteItemType::BYTE_IO || !item.tensor_data) {
-    e.dtype = DType::U8;
-    e.shape = {static_cast<std::int64_t>(item.bytes_io_size)};
-  } else {
-    e.dtype = item.tensor_data->properties.dtype;
-    e.shape = item.tensor_data->chunk.sizes;
-  }
-  e.begin = begin;
-  e.end = begin + item.nbytes();
-  return e;
-}
-
 // Completes a file whose items hold data offsets relative to the data start.
 static FileLayout finish_file(const SavePlan& plan, std::string path,
                               std::vector<std::size_t> items) {
   FileLayout file;
   file.relative_path = std::move(path);
-  std::vector<SafetensorsEntry> entries;
+  // Entries refer to the plan's names and shapes; what the plan does not hold
+  // (a shard's name, a blob's shape) is kept here.
+  std::vector<SafetensorsEntryRef> entries;
   entries.reserve(items.size());
+  std::vector<std::string> shard_names;
+  std::vector<std::int64_t> blob_sizes;
+  blob_sizes.reserve(items.size());
+  std::size_t shards = 0;
+  for (std::size_t i : items) shards += plan.items[i].type == WriteItemType::SHARD;
+  shard_names.reserve(shards);
   std::uint64_t data = 0;
   for (std::size_t i : items) {
-    entries.push_back(entry_for(plan.items[i], data));
-    data += plan.items[i].nbytes();
+    const WriteItem& item = plan.items[i];
+    SafetensorsEntryRef e;
+    if (item.type == WriteItemType::SHARD && item.index.offset) {
+      e.name = shard_names.emplace_back(safetensors_name(item));
+    } else {
+      e.name = item.index.fqn;
+    }
+    if (item.type == WriteItemType::BYTE_IO || !item.tensor_data) {
+      e.dtype = DType::U8;
+      e.shape = std::span<const std::int64_t>(
+          &blob_sizes.emplace_back(static_cast<std::int64_t>(item.bytes_io_size)), 1);
+    } else {
+      e.dtype = item.tensor_data->properties.dtype;
+      e.shape = item.tensor_data->chunk.sizes;
+    }
+    e.begin = data;
+    e.end = data + item.nbytes();
+    data = e.end;
+    entries.push_back(e);
   }
-  file.header = encode_safetensors_header(entries, {{"format", "ringckpt"}});
+  file.header = encode_safetensors_header_refs(entries, {{"format", "ringckpt"}});
   const std::uint64_t start = file.header.size();
   file.items.reserve(items.size());
   for (std::size_t k = 0; k < items.size(); ++k) {
@@ -64,6 +74,7 @@ SaveLayout plan_layout(const SavePlan& plan, std::string_view prefix,
                        std::uint64_t max_file_bytes) {
   SaveLayout layout;
   std::vector<std::size_t> current;
+  if (max_file_bytes == 0) current.reserve(plan.items.size());
   std::uint64_t current_bytes = 0;
   auto close_file = [&] {
     std::string path = std::string(prefix) + std::to_string(layout.files.size()) + ".safetensors";

@@ -4,6 +4,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "ringckpt/metadata.hpp"
 #include "ringckpt/plan.hpp"
@@ -18,6 +19,10 @@ inline constexpr const char* kFormatName = "ringckpt";
 // "storage_data", "files", "planner_data", "checksum"}; "checksum" is last and
 // is the XXH3-64 (hex) of the serialized document without it.
 std::string encode_metadata(const Metadata& metadata);
+
+// encode_metadata of `metadata` with `results` recorded in it as add_results
+// records them (storage entries and files), without copying `metadata`.
+std::string encode_metadata(const Metadata& metadata, const std::vector<WriteResults>& results);
 
 // Parses and checks metadata.json. `file` names it in errors. Checks: valid
 // JSON, format and version, its own checksum, every dtype name, every file a

@@ -198,39 +198,106 @@ void check_tiling(std::vector<SafetensorsEntry>& entries, std::uint64_t data_siz
 
 }  // namespace
 
+namespace {
+
+// The position of the first entry whose name is reserved or repeats an
+// earlier one, if any.
+std::optional<std::size_t> first_bad_name(std::span<const SafetensorsEntryRef> entries) {
+  std::optional<std::size_t> first;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    if (entries[i].name == kMetadataKey) {
+      first = i;
+      break;
+    }
+  }
+  // Names ordered by hash: equal names sit in the same run of equal hashes.
+  std::vector<std::pair<std::size_t, std::size_t>> order(entries.size());  // (hash, position)
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    order[i] = {std::hash<std::string_view>{}(entries[i].name), i};
+  }
+  std::sort(order.begin(), order.end());
+  for (std::size_t begin = 0; begin < order.size();) {
+    std::size_t end = begin + 1;
+    while (end < order.size() && order[end].first == order[begin].first) ++end;
+    // Within a run, by position: the first that repeats an earlier name.
+    for (std::size_t k = begin + 1; k < end; ++k) {
+      for (std::size_t j = begin; j < k; ++j) {
+        if (entries[order[j].second].name == entries[order[k].second].name) {
+          if (!first || order[k].second < *first) first = order[k].second;
+          break;
+        }
+      }
+    }
+    begin = end;
+  }
+  return first;
+}
+
+}  // namespace
+
 std::string encode_safetensors_header(const std::vector<SafetensorsEntry>& entries,
                                       const std::map<std::string, std::string>& metadata) {
-  json::object root;
+  std::vector<SafetensorsEntryRef> refs;
+  refs.reserve(entries.size());
+  for (const SafetensorsEntry& e : entries) refs.push_back({e.name, e.dtype, e.shape, e.begin, e.end});
+  return encode_safetensors_header_refs(refs, metadata);
+}
+
+std::string encode_safetensors_header_refs(std::span<const SafetensorsEntryRef> entries,
+                                           const std::map<std::string, std::string>& metadata) {
+  if (auto bad = first_bad_name(entries)) {
+    throw Error(ErrorCode::kInvalidArgument, "safetensors header",
+                "tensor name " + in_quotes(entries[*bad].name) + " is reserved or given twice");
+  }
+  std::size_t guess = kPrefixBytes + 64;
+  for (const auto& [key, value] : metadata) guess += key.size() + value.size() + 8;
+  for (const SafetensorsEntryRef& e : entries) guess += e.name.size() + 72 + 21 * e.shape.size();
+  std::string out;
+  out.reserve(guess + kAlignment);
+  out.assign(kPrefixBytes, '\0');
+
+  // {"__metadata__":{key:value,...},name:{"dtype":..,"shape":[..],"data_offsets":[b,e]},...},
+  // built as a DOM in one arena and serialized after the length prefix.
+  json::monotonic_resource mr(4 * guess + 4096);
+  const json::storage_ptr sp(&mr);
+  json::object root(sp);
+  root.reserve(entries.size() + (metadata.empty() ? 0 : 1));
   if (!metadata.empty()) {
-    json::object meta;
+    json::object meta(sp);
+    meta.reserve(metadata.size());
     for (const auto& [key, value] : metadata) meta.emplace(key, value);
     root.emplace(kMetadataKey, std::move(meta));
   }
-  for (const SafetensorsEntry& e : entries) {
-    if (e.name == kMetadataKey || root.contains(e.name)) {
-      throw Error(ErrorCode::kInvalidArgument, "safetensors header",
-                  "tensor name " + in_quotes(e.name) + " is reserved or given twice");
-    }
-    json::array shape;
-    for (std::int64_t d : e.shape) shape.emplace_back(d);
-    json::object tensor;
+  for (const SafetensorsEntryRef& e : entries) {
+    json::object tensor(sp);
+    tensor.reserve(3);
     tensor.emplace("dtype", dtype_name(e.dtype));
+    json::array shape(sp);
+    shape.reserve(e.shape.size());
+    for (std::int64_t d : e.shape) shape.emplace_back(d);
     tensor.emplace("shape", std::move(shape));
-    tensor.emplace("data_offsets", json::array{e.begin, e.end});
+    json::array offsets(sp);
+    offsets.reserve(2);
+    offsets.emplace_back(e.begin);
+    offsets.emplace_back(e.end);
+    tensor.emplace("data_offsets", std::move(offsets));
     root.emplace(e.name, std::move(tensor));
   }
+  json::serializer sr;
+  sr.reset(&root);
+  std::size_t used = out.size();
+  out.resize(std::max(out.capacity(), used + 4096));
+  while (!sr.done()) {
+    if (used == out.size()) out.resize(out.size() * 2);
+    used += sr.read(out.data() + used, out.size() - used).size();
+  }
+  out.resize(used);
 
-  const std::string text = json::serialize(root);
   // Pad with spaces (JSON whitespace) so that the data starts aligned.
-  const std::size_t unpadded = kPrefixBytes + text.size();
-  const std::size_t padded = (unpadded + kAlignment - 1) / kAlignment * kAlignment;
+  const std::size_t padded = (out.size() + kAlignment - 1) / kAlignment * kAlignment;
   const std::uint64_t n = padded - kPrefixBytes;
-
-  std::string out;
-  out.reserve(padded);
-  for (std::size_t i = 0; i < kPrefixBytes; ++i) out += static_cast<char>((n >> (8 * i)) & 0xff);
-  out += text;
-  out.append(padded - unpadded, ' ');
+  out.resize(padded, ' ');
+  for (std::size_t i = 0; i < kPrefixBytes; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
   return out;
 }
 

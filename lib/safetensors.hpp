@@ -10,6 +10,7 @@
 #include <map>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ringckpt/dtype.hpp"
@@ -39,6 +40,19 @@ inline constexpr std::uint64_t kMaxSafetensorsHeader = std::uint64_t{100} << 20;
 // of kAlignment. Entries are written in the order given.
 std::string encode_safetensors_header(const std::vector<SafetensorsEntry>& entries,
                                       const std::map<std::string, std::string>& metadata);
+
+// An entry whose name and shape are held elsewhere (a plan's items, say).
+struct SafetensorsEntryRef {
+  std::string_view name;
+  DType dtype = DType::U8;
+  std::span<const std::int64_t> shape;
+  std::uint64_t begin = 0;
+  std::uint64_t end = 0;
+};
+
+// The same header, from entries that refer to their names and shapes.
+std::string encode_safetensors_header_refs(std::span<const SafetensorsEntryRef> entries,
+                                           const std::map<std::string, std::string>& metadata);
 
 // The value of the 8-byte length prefix, checked against kMaxSafetensorsHeader
 // and file_size. `file` names the file in errors (Error kCorrupt).
