@@ -7,6 +7,8 @@
 // losslessly and checked only for shape (types and presence of fields).
 #include "metadata_json.hpp"
 
+#include "json_append.hpp"
+
 #include <algorithm>
 #include <array>
 #include <boost/json.hpp>
@@ -201,21 +203,6 @@ std::size_t metadata_size_hint(const Metadata& metadata) {
   return n;
 }
 
-// Appends json::serialize(v) to `out`, growing it as needed; `out` should
-// hold room for the text already (reserve) to write it in one pass.
-template <typename Json>  // json::value, json::object or json::array
-void serialize_append(std::string& out, const Json& v) {
-  json::serializer sr;
-  sr.reset(&v);
-  std::size_t used = out.size();
-  out.resize(std::max(out.capacity(), used + 4096));
-  while (!sr.done()) {
-    if (used == out.size()) out.resize(out.size() * 2);
-    used += sr.read(out.data() + used, out.size() - used).size();
-  }
-  out.resize(used);
-}
-
 // Bytes of arena to give a metadata DOM whose text is about `text_bytes`
 // long: the DOM of such a document takes a few times its text.
 std::size_t metadata_arena_bytes(std::size_t text_bytes) { return 4 * text_bytes + 4096; }
@@ -294,11 +281,11 @@ json::object metadata_document(const Metadata& metadata, const Storage& sp) {
 std::string with_checksum(json::object& doc, std::size_t size_hint) {
   std::string text;
   text.reserve(size_hint + 64);
-  serialize_append(text, doc);
+  detail::serialize_append(text, doc);
   const std::uint64_t checksum = checksum_of_text(text);
   doc.emplace(kChecksumKey, checksum_hex(checksum));
   text.clear();  // keeps its capacity for the text with the checksum
-  serialize_append(text, doc);
+  detail::serialize_append(text, doc);
   text += '\n';
   return text;
 }
@@ -1468,7 +1455,7 @@ std::string encode_metadata_payload(const Metadata& metadata) {
   const json::object doc = metadata_document(metadata, sp);
   std::string text;
   text.reserve(hint);
-  serialize_append(text, doc);
+  detail::serialize_append(text, doc);
   return text;
 }
 

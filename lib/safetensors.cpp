@@ -3,6 +3,8 @@
 // hostile.
 #include "safetensors.hpp"
 
+#include "json_append.hpp"
+
 #include <algorithm>
 #include <boost/json.hpp>
 #include <optional>
@@ -283,15 +285,7 @@ std::string encode_safetensors_header_refs(std::span<const SafetensorsEntryRef> 
     tensor.emplace("data_offsets", std::move(offsets));
     root.emplace(e.name, std::move(tensor));
   }
-  json::serializer sr;
-  sr.reset(&root);
-  std::size_t used = out.size();
-  out.resize(std::max(out.capacity(), used + 4096));
-  while (!sr.done()) {
-    if (used == out.size()) out.resize(out.size() * 2);
-    used += sr.read(out.data() + used, out.size() - used).size();
-  }
-  out.resize(used);
+  detail::serialize_append(out, root);
 
   // Pad with spaces (JSON whitespace) so that the data starts aligned.
   const std::size_t padded = (out.size() + kAlignment - 1) / kAlignment * kAlignment;
