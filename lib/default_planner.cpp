@@ -12,6 +12,7 @@
 #include <utility>
 #include <variant>
 
+#include "message_text.hpp"
 #include "ringckpt/error.hpp"
 
 namespace ringckpt {
@@ -24,14 +25,8 @@ constexpr std::size_t kMaxSplitDims = 16;
 // ---------------------------------------------------------------------------
 // Formatting for messages.
 
-std::string shape_str(const Shape& shape) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (i != 0) out += ", ";
-    out += std::to_string(shape[i]);
-  }
-  return out + "]";
-}
+
+std::string shape_str(const Shape& shape) { return detail::shape_string(shape, ", "); }
 
 std::string tensor_str(const Shape& shape, DType dtype) {
   return shape_str(shape) + " " + std::string(dtype_name(dtype));

@@ -8,6 +8,7 @@
 #include "metadata_json.hpp"
 
 #include "json_append.hpp"
+#include "message_text.hpp"
 
 #include <algorithm>
 #include <array>
@@ -26,6 +27,10 @@
 namespace ringckpt {
 namespace {
 
+using detail::in_quotes;
+using detail::shape_string;
+
+
 namespace json = boost::json;
 
 // Any count or size in metadata.json above this is corrupt; keeping values
@@ -34,16 +39,6 @@ constexpr std::uint64_t kMaxValue = std::uint64_t{1} << 62;
 
 constexpr std::string_view kChecksumKey = "checksum";
 
-std::string in_quotes(std::string_view s) { return "'" + std::string(s) + "'"; }
-
-std::string shape_string(const Shape& shape) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (i != 0) out += ',';
-    out += std::to_string(shape[i]);
-  }
-  return out + "]";
-}
 
 // "'w'" for a whole item, "'w' chunk at [0,4]" for a chunk.
 std::string describe(const MetadataIndex& index) {

@@ -4,6 +4,7 @@
 #include "safetensors.hpp"
 
 #include "json_append.hpp"
+#include "message_text.hpp"
 
 #include <algorithm>
 #include <boost/json.hpp>
@@ -18,6 +19,10 @@
 namespace ringckpt {
 namespace {
 
+using detail::in_quotes;
+using detail::shape_string;
+
+
 namespace json = boost::json;
 
 constexpr std::string_view kMetadataKey = "__metadata__";
@@ -31,16 +36,6 @@ constexpr std::uint64_t kMaxBytes = std::uint64_t{1} << 62;
   throw Error(ErrorCode::kCorrupt, file, "safetensors header: " + std::move(message));
 }
 
-std::string in_quotes(std::string_view s) { return "'" + std::string(s) + "'"; }
-
-std::string shape_string(const Shape& shape) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (i != 0) out += ',';
-    out += std::to_string(shape[i]);
-  }
-  return out + "]";
-}
 
 std::string range_string(std::uint64_t begin, std::uint64_t end) {
   return "[" + std::to_string(begin) + ", " + std::to_string(end) + ")";

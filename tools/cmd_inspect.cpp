@@ -12,6 +12,8 @@
 
 #include <boost/json.hpp>
 
+#include "message_text.hpp"
+
 #include "commands.hpp"
 #include "ringckpt/checkpoint.hpp"
 #include "ringckpt/metadata.hpp"
@@ -126,14 +128,6 @@ Totals compute_totals(const Metadata& metadata, const std::vector<Entry>& entrie
   return totals;
 }
 
-std::string shape_text(const Shape& shape) {
-  std::string out = "[";
-  for (std::size_t d = 0; d < shape.size(); ++d) {
-    if (d > 0) out += ", ";
-    out += std::to_string(shape[d]);
-  }
-  return out + "]";
-}
 
 std::string join(const std::vector<std::string>& parts, const char* separator) {
   std::string out;
@@ -157,7 +151,7 @@ void print_table(const std::filesystem::path& dir, const Metadata& metadata,
     if (entry.chunks.size() > 1) kind += " (" + std::to_string(entry.chunks.size()) + " chunks)";
     rows.push_back({entry.name, kind,
                     entry.is_tensor ? std::string(dtype_name(entry.dtype)) : "-",
-                    entry.is_tensor ? shape_text(entry.shape) : "-",
+                    entry.is_tensor ? detail::shape_string(entry.shape, ", ") : "-",
                     format_bytes(entry.bytes),
                     entry.chunks.empty() ? "-" : join(entry.files(), ", "),
                     entry.chunks.empty() ? "-"
