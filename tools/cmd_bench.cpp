@@ -776,6 +776,15 @@ struct WorkDir {
   bool owned = false;  // created here: removed at the end (unless kept)
 };
 
+// Removes a work directory the bench made itself, unless asked to keep it.
+struct WorkDirCleanup {
+  const WorkDir& work;
+  bool keep;
+  ~WorkDirCleanup() {
+    if (work.owned && !keep) remove_quietly(work.path);
+  }
+};
+
 WorkDir make_work_dir(const BenchOptions& o) {
   WorkDir w;
   if (o.dir) {
@@ -812,13 +821,7 @@ int run_main_bench(const BenchOptions& o) {
                                           "bench-sync", "bench-snapshot", "bench-lazy",
                                           "bench-bounded"};
   WorkDir work = make_work_dir(o);
-  struct Cleanup {
-    const WorkDir& w;
-    bool keep;
-    ~Cleanup() {
-      if (w.owned && !keep) remove_quietly(w.path);
-    }
-  } cleanup{work, o.keep};
+  const WorkDirCleanup cleanup{work, o.keep};
   check_free(work, names);
   const fs::path& dir = work.path;
   auto at = [&](const char* n) { return dir / n; };
@@ -1148,13 +1151,7 @@ int run_main_bench(const BenchOptions& o) {
 
 int run_train(const BenchOptions& o) {
   WorkDir work = make_work_dir(o);
-  struct Cleanup {
-    const WorkDir& w;
-    bool keep;
-    ~Cleanup() {
-      if (w.owned && !keep) remove_quietly(w.path);
-    }
-  } cleanup{work, o.keep};
+  const WorkDirCleanup cleanup{work, o.keep};
   const fs::path& dir = work.path;
   std::vector<std::uint64_t> save_steps;
   for (std::uint64_t s = o.every; s <= o.train_steps; s += o.every) save_steps.push_back(s);
