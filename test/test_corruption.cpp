@@ -22,11 +22,11 @@
 #include <string>
 #include <vector>
 
-#include "data_file.hpp"
-#include "extent_checksum.hpp"
-#include "metadata_json.hpp"
+#include "io/data_file.hpp"
+#include "format/extent_checksum.hpp"
+#include "format/metadata_json.hpp"
 #include "ringckpt/ringckpt.hpp"
-#include "safetensors.hpp"
+#include "format/safetensors.hpp"
 #include "test_util.hpp"
 
 using namespace ringckpt;

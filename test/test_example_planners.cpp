@@ -27,9 +27,9 @@
 #include <thread>
 #include <vector>
 
-#include "metadata_json.hpp"
+#include "format/metadata_json.hpp"
 #include "ringckpt/ringckpt.hpp"
-#include "safetensors.hpp"
+#include "format/safetensors.hpp"
 #include "test_util.hpp"
 
 using namespace ringckpt;

@@ -9,12 +9,12 @@
 #include <string>
 #include <vector>
 
-#include "extent_checksum.hpp"
-#include "metadata_json.hpp"
+#include "format/extent_checksum.hpp"
+#include "format/metadata_json.hpp"
 #include "ringckpt/dtype.hpp"
 #include "ringckpt/error.hpp"
 #include "ringckpt/io_options.hpp"
-#include "safetensors.hpp"
+#include "format/safetensors.hpp"
 
 namespace json = boost::json;
 using namespace ringckpt;

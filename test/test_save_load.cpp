@@ -6,10 +6,10 @@
 #include <list>
 #include <thread>
 
-#include "data_file.hpp"
-#include "metadata_json.hpp"
+#include "io/data_file.hpp"
+#include "format/metadata_json.hpp"
 #include "ringckpt/ringckpt.hpp"
-#include "safetensors.hpp"
+#include "format/safetensors.hpp"
 #include "test_util.hpp"
 
 using namespace ringckpt;

@@ -26,11 +26,11 @@
 #include <thread>
 #include <vector>
 
-#include "data_file.hpp"
+#include "io/data_file.hpp"
 #include "ringckpt/error.hpp"
 #include "ringckpt/io_options.hpp"
-#include "staging_ring.hpp"
-#include "uring_queue.hpp"
+#include "io/staging_ring.hpp"
+#include "io/uring_queue.hpp"
 
 namespace fs = std::filesystem;
 using namespace ringckpt;

@@ -58,7 +58,7 @@
 #include "ringckpt/verify.hpp"
 #include "synthetic.hpp"
 #include "terminal.hpp"
-#include "uring_queue.hpp"
+#include "io/uring_queue.hpp"
 
 namespace ringckpt::tools {
 namespace {

@@ -12,7 +12,7 @@
 
 #include <boost/json.hpp>
 
-#include "message_text.hpp"
+#include "format/message_text.hpp"
 
 #include "commands.hpp"
 #include "ringckpt/checkpoint.hpp"

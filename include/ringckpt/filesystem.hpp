@@ -1,65 +1,6 @@
-// ringckpt/filesystem.hpp — the file-system storage layer, on io_uring.
-//
-// A checkpoint directory holds metadata.json and one or more data files
-// __{rank}_{n}.safetensors per rank. Data goes through a ring of aligned,
-// registered buffers as O_DIRECT fixed-buffer writes at offsets the finished
-// plan fixed; every extent is checksummed while staged and verified on read.
+// ringckpt/filesystem.hpp — the file-system storage layer: FileSystemWriter
+// (filesystem_writer.hpp) and FileSystemReader (filesystem_reader.hpp).
 #pragma once
 
-#include <filesystem>
-#include <memory>
-
-#include "ringckpt/io_options.hpp"
-#include "ringckpt/storage.hpp"
-
-namespace ringckpt {
-
-namespace detail {
-class IoEngine;  // ring + io_uring + staging threads; shared by writer, reader, Checkpointer
-}
-
-class FileSystemWriter final : public StorageWriter {
- public:
-  // overwrite: replace a checkpoint already in `dir` (its metadata.json is
-  // removed before the first byte is written); otherwise saving there fails.
-  explicit FileSystemWriter(std::filesystem::path dir, IoOptions io = {}, bool overwrite = false);
-  FileSystemWriter(std::filesystem::path dir, std::shared_ptr<detail::IoEngine> engine,
-                   bool overwrite);
-  ~FileSystemWriter() override;
-
-  void reset(const std::filesystem::path& checkpoint_id) override;
-  void set_up_storage_writer(bool is_coordinator, int rank) override;
-  SavePlan prepare_local_plan(SavePlan plan) override;
-  std::vector<SavePlan> prepare_global_plan(std::vector<SavePlan> plans) override;
-  WriteResults write_data(const SavePlan& plan, SavePlanner& planner) override;
-  void finish(const Metadata& metadata, const std::vector<WriteResults>& results) override;
-  void abort() noexcept override;
-
-  IoReport report() const;
-
- private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
-};
-
-class FileSystemReader final : public StorageReader {
- public:
-  explicit FileSystemReader(std::filesystem::path dir, IoOptions io = {});
-  FileSystemReader(std::filesystem::path dir, std::shared_ptr<detail::IoEngine> engine);
-  ~FileSystemReader() override;
-
-  void reset(const std::filesystem::path& checkpoint_id) override;
-  Metadata read_metadata() override;
-  void set_up_storage_reader(const Metadata& metadata, bool is_coordinator) override;
-  LoadPlan prepare_local_plan(LoadPlan plan) override;
-  std::vector<LoadPlan> prepare_global_plan(std::vector<LoadPlan> plans) override;
-  void read_data(const LoadPlan& plan, LoadPlanner& planner) override;
-
-  IoReport report() const;
-
- private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
-};
-
-}  // namespace ringckpt
+#include "ringckpt/filesystem_reader.hpp"
+#include "ringckpt/filesystem_writer.hpp"

@@ -64,6 +64,23 @@ struct LoadPlan {
   std::map<std::string, std::string> planner_data;
 };
 
+struct WriteResult {
+  MetadataIndex index;
+  std::uint64_t size_in_bytes = 0;
+  StorageInfo storage_data;
+};
+
+// What one rank's write_data produced: where each item went, and the data
+// files it wrote (with their extent checksums), already durable.
+struct WriteResults {
+  std::vector<WriteResult> items;
+  std::vector<FileInfo> files;
+};
+
+// Records in `metadata` where every item went and every data file written
+// (what StorageWriter::finish commits).
+void add_results(Metadata& metadata, const std::vector<WriteResults>& results);
+
 // The bytes of one WriteItem as the planner hands them to staging: either a
 // view of memory (copied as is) or a producer that writes any byte range of
 // the item on demand (a dtype conversion, say), so that staging converts,

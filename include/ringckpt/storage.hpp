@@ -11,23 +11,6 @@
 
 namespace ringckpt {
 
-struct WriteResult {
-  MetadataIndex index;
-  std::uint64_t size_in_bytes = 0;
-  StorageInfo storage_data;
-};
-
-// What one rank's write_data produced: where each item went, and the data
-// files it wrote (with their extent checksums), already durable.
-struct WriteResults {
-  std::vector<WriteResult> items;
-  std::vector<FileInfo> files;
-};
-
-// Records in `metadata` where every item went and every data file written
-// (what StorageWriter::finish commits).
-void add_results(Metadata& metadata, const std::vector<WriteResults>& results);
-
 class StorageWriter {
  public:
   virtual ~StorageWriter() = default;

@@ -1,10 +1,10 @@
 // safetensors.cpp — the header of a data file: written with Boost.JSON,
 // read back with every field checked, since a data file may be damaged or
 // hostile.
-#include "safetensors.hpp"
+#include "format/safetensors.hpp"
 
-#include "json_append.hpp"
-#include "message_text.hpp"
+#include "format/json_append.hpp"
+#include "format/message_text.hpp"
 
 #include <algorithm>
 #include <boost/json.hpp>

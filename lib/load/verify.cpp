@@ -6,13 +6,13 @@
 #include <algorithm>
 #include <map>
 
-#include "data_file.hpp"
-#include "extent_reader.hpp"
-#include "io_engine.hpp"
-#include "metadata_json.hpp"
-#include "ringckpt/checkpoint.hpp"
+#include "io/data_file.hpp"
+#include "load/extent_reader.hpp"
+#include "io/io_engine.hpp"
+#include "format/metadata_json.hpp"
+#include "ringckpt/filesystem_reader.hpp"
 #include "ringckpt/error.hpp"
-#include "safetensors.hpp"
+#include "format/safetensors.hpp"
 
 namespace ringckpt {
 namespace {
@@ -59,7 +59,7 @@ VerifyReport verify(const std::filesystem::path& dir, const IoOptions& io,
   VerifyReport report;
   Metadata md;
   try {
-    md = read_metadata(dir);
+    md = FileSystemReader(dir).read_metadata();
   } catch (const Error& e) {
     report.faults.push_back({e.where(), -1, 0, 0, e.message()});
     return report;

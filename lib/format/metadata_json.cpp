@@ -5,10 +5,10 @@
 // hostile, and the reader trusts nothing in it until it has been checked here.
 // The payloads come from another rank of the same job; they are decoded
 // losslessly and checked only for shape (types and presence of fields).
-#include "metadata_json.hpp"
+#include "format/metadata_json.hpp"
 
-#include "json_append.hpp"
-#include "message_text.hpp"
+#include "format/json_append.hpp"
+#include "format/message_text.hpp"
 
 #include <algorithm>
 #include <array>
@@ -20,7 +20,7 @@
 #include <set>
 #include <utility>
 
-#include "extent_checksum.hpp"
+#include "format/extent_checksum.hpp"
 #include "ringckpt/error.hpp"
 #include "ringckpt/io_options.hpp"
 

@@ -12,7 +12,7 @@
 #include <functional>
 #include <memory>
 
-#include "layout.hpp"
+#include "plan/layout.hpp"
 #include "ringckpt/planner.hpp"
 #include "ringckpt/storage.hpp"
 

@@ -12,7 +12,7 @@
 #include <utility>
 #include <variant>
 
-#include "message_text.hpp"
+#include "format/message_text.hpp"
 #include "ringckpt/error.hpp"
 
 namespace ringckpt {

@@ -1,5 +1,5 @@
 // data_file.cpp — opening, sizing and syncing the files of a checkpoint.
-#include "data_file.hpp"
+#include "io/data_file.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>

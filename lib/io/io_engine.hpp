@@ -14,8 +14,8 @@
 #include <string_view>
 
 #include "ringckpt/io_options.hpp"
-#include "staging_ring.hpp"
-#include "uring_queue.hpp"
+#include "io/staging_ring.hpp"
+#include "io/uring_queue.hpp"
 
 namespace ringckpt::detail {
 

@@ -8,7 +8,6 @@
 
 #include "ringckpt/metadata.hpp"
 #include "ringckpt/plan.hpp"
-#include "ringckpt/storage.hpp"
 
 namespace ringckpt {
 

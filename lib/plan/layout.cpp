@@ -1,9 +1,9 @@
-#include "layout.hpp"
+#include "plan/layout.hpp"
 
 #include <map>
 
 #include "ringckpt/error.hpp"
-#include "safetensors.hpp"
+#include "format/safetensors.hpp"
 
 namespace ringckpt {
 

@@ -43,4 +43,12 @@ void ItemData::copy_to(std::uint64_t offset, std::span<std::byte> out) const {
   }
 }
 
+void add_results(Metadata& metadata, const std::vector<WriteResults>& results) {
+  for (const WriteResults& r : results) {
+    for (const WriteResult& item : r.items) metadata.storage_data[item.index] = item.storage_data;
+    metadata.files.insert(metadata.files.end(), r.files.begin(), r.files.end());
+  }
+}
+
+
 }  // namespace ringckpt

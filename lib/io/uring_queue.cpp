@@ -3,7 +3,7 @@
 // Threads meet only at Impl::mu (the pending queue and the stopping flag).
 // Everything else — the ring, the in-flight count, the ops once taken — is
 // touched by the I/O thread alone, after the constructor has started it.
-#include "uring_queue.hpp"
+#include "io/uring_queue.hpp"
 
 #include <liburing.h>
 #include <sys/eventfd.h>

@@ -1,6 +1,6 @@
 // staging_ring.cpp — the ring of aligned buffers that staging fills and the
 // I/O thread drains.
-#include "staging_ring.hpp"
+#include "io/staging_ring.hpp"
 
 #include <sys/mman.h>
 

@@ -2,8 +2,8 @@
 
 #include <charconv>
 
-#include "data_file.hpp"
-#include "metadata_json.hpp"
+#include "io/data_file.hpp"
+#include "format/metadata_json.hpp"
 #include "ringckpt/default_planner.hpp"
 #include "ringckpt/error.hpp"
 #include "ringckpt/filesystem.hpp"
@@ -78,13 +78,6 @@ void load_single(StateDict& state_dict, StorageReader& reader, LoadPlanner& p) {
 }
 
 }  // namespace
-
-void add_results(Metadata& metadata, const std::vector<WriteResults>& results) {
-  for (const WriteResults& r : results) {
-    for (const WriteResult& item : r.items) metadata.storage_data[item.index] = item.storage_data;
-    metadata.files.insert(metadata.files.end(), r.files.begin(), r.files.end());
-  }
-}
 
 Metadata save(const StateDict& state_dict, StorageWriter& writer, SavePlanner* planner,
               Coordinator* coordinator) {

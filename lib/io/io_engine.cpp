@@ -1,4 +1,4 @@
-#include "io_engine.hpp"
+#include "io/io_engine.hpp"
 
 #include <algorithm>
 #include <cstdio>

@@ -9,13 +9,13 @@
 #include <deque>
 #include <mutex>
 
-#include "io_engine.hpp"
-#include "layout.hpp"
+#include "io/io_engine.hpp"
+#include "plan/layout.hpp"
 #include "ringckpt/checkpoint.hpp"
 #include "ringckpt/default_planner.hpp"
 #include "ringckpt/error.hpp"
 #include "ringckpt/filesystem.hpp"
-#include "save_job.hpp"
+#include "save/save_job.hpp"
 
 namespace ringckpt {
 

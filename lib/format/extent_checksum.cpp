@@ -1,6 +1,6 @@
 // extent_checksum.cpp — XXH3-64 (seed 0), streaming and one-shot, and its
 // hex form in metadata.json.
-#include "extent_checksum.hpp"
+#include "format/extent_checksum.hpp"
 
 #include <charconv>
 #include <new>

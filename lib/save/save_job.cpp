@@ -1,4 +1,4 @@
-#include "save_job.hpp"
+#include "save/save_job.hpp"
 
 #include <boost/asio/post.hpp>
 
@@ -9,9 +9,9 @@
 #include <system_error>
 #include <utility>
 
-#include "data_file.hpp"
-#include "extent_checksum.hpp"
-#include "io_engine.hpp"
+#include "io/data_file.hpp"
+#include "format/extent_checksum.hpp"
+#include "io/io_engine.hpp"
 #include "ringckpt/error.hpp"
 
 namespace ringckpt::detail {
