@@ -407,6 +407,37 @@ BOOST_AUTO_TEST_CASE(write_file_atomically_replaces_and_leaves_no_temporary) {
   BOOST_CHECK_THROW(sync_directory(dir.path / "missing"), Error);
 }
 
+// write_all (the bench's naive baseline) writes every byte in order, in
+// pieces of any size; sync and sync_data succeed on a plain file and name
+// the file when they cannot work.
+BOOST_AUTO_TEST_CASE(buffered_write_all_then_sync) {
+  TempDir dir(direct_base());
+  DataFile f = DataFile::create(dir.path / "naive.bin", false);
+  std::vector<std::byte> a(300000), b(7);
+  fill(a.data(), a.size(), 1);
+  fill(b.data(), b.size(), 2);
+  f.write_all(a);
+  f.write_all({});
+  f.write_all(b);
+  f.sync();
+  f.sync_data();
+  BOOST_TEST(f.size() == a.size() + b.size());
+  const std::string back = read_small_file(dir.path / "naive.bin");
+  BOOST_TEST_REQUIRE(back.size() == a.size() + b.size());
+  BOOST_TEST(first_mismatch(reinterpret_cast<const std::byte*>(back.data()), a.size(), 1) == a.size());
+  BOOST_TEST(std::memcmp(back.data() + a.size(), b.data(), b.size()) == 0);
+
+  DataFile r = DataFile::open_read(dir.path / "naive.bin", false);
+  try {
+    r.write_all(b);  // opened for reading: write(2) answers EBADF
+    BOOST_FAIL("write_all on a read-only file did not throw");
+  } catch (const Error& e) {
+    BOOST_TEST((e.code() == ErrorCode::kIo));
+    BOOST_TEST(e.where() == (dir.path / "naive.bin").string());
+    BOOST_TEST(std::string(e.what()).find("write") != std::string::npos);
+  }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // ───────────────────────────── UringQueue ──────────────────────────────

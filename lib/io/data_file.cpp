@@ -81,6 +81,20 @@ void DataFile::allocate(std::uint64_t size) {
               "cannot reserve " + std::to_string(size) + " bytes: " + std::strerror(err));
 }
 
+void DataFile::write_all(std::span<const std::byte> data) {
+  if (!ringckpt::write_all(fd_, {reinterpret_cast<const char*>(data.data()), data.size()}))
+    throw Error(ErrorCode::kIo, path_.string(), "write: " + errno_text(errno));
+}
+
+void DataFile::sync() {
+  if (::fsync(fd_) != 0) throw Error(ErrorCode::kIo, path_.string(), "fsync: " + errno_text(errno));
+}
+
+void DataFile::sync_data() {
+  if (::fdatasync(fd_) != 0)
+    throw Error(ErrorCode::kIo, path_.string(), "fdatasync: " + errno_text(errno));
+}
+
 DataFile DataFile::open_read(const std::filesystem::path& path, bool want_direct) {
   DataFile f;
   // O_NONBLOCK: opening a FIFO planted in place of a data file must not hang.

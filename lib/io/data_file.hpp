@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -32,6 +33,11 @@ class DataFile {
   // the file system can; a file system that cannot is left as it is. A full
   // disk is Error(kIo, path).
   void allocate(std::uint64_t size);
+  // Writes all of `data` at the file position with write(2), retrying short
+  // writes and EINTR (plain buffered I/O unless direct()). Error(kIo, path).
+  void write_all(std::span<const std::byte> data);
+  void sync();                         // fsync; Error(kIo, path)
+  void sync_data();                    // fdatasync; Error(kIo, path)
   void close();                        // Error(kIo, path) if close fails
 
  private:
