@@ -12,18 +12,19 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
-#include <mutex>
 #include <new>
-#include <set>
 #include <string>
 #include <variant>
 #include <vector>
 
 #include "commands.hpp"
+#include "io_notes.hpp"
 #include "ringckpt/checkpoint.hpp"
 #include "ringckpt/checkpointer.hpp"
 #include "ringckpt/error.hpp"
 #include "ringckpt/verify.hpp"
+#include "scratch_directory.hpp"
+#include "stopwatch.hpp"
 #include "synthetic.hpp"
 #include "terminal.hpp"
 
@@ -35,12 +36,6 @@ namespace {
 constexpr const char* kCommand = "demo";
 constexpr const char* kDefaultSize = "256MiB";
 constexpr std::size_t kVerifyRingBytes = std::size_t{64} << 20;  // as `ringckpt verify` uses
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 std::string seconds_text(double seconds) {
   char text[32];
@@ -56,41 +51,15 @@ std::string rate_text(std::uint64_t bytes, double seconds) {
   return seconds > 0 ? format_rate(static_cast<double>(bytes) / seconds) : "-";
 }
 
-// Notes from every I/O engine of the run (each fallback once), for the summary.
-class NoteCollector {
- public:
-  void add(std::string_view note) {
-    std::lock_guard lock(mutex_);
-    if (seen_.insert(std::string(note)).second) notes_.emplace_back(note);
-  }
-  std::vector<std::string> notes() const {
-    std::lock_guard lock(mutex_);
-    return notes_;
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::set<std::string> seen_;
-  std::vector<std::string> notes_;
-};
-
 // Where the checkpoint goes, and what to remove at the end. Invariant: only
 // what this run created is ever removed — a temporary directory as a whole,
 // or in a directory the user named, the files of the checkpoint it saved.
 class DemoDirectory {
  public:
-  // A fresh mkdtemp directory under /var/tmp if it exists (usually a real
-  // disk, where O_DIRECT works), else under the system temporary directory.
+  // A fresh scratch directory (see scratch_directory.hpp).
   static DemoDirectory make_temporary() {
-    std::filesystem::path parent = "/var/tmp";
-    std::error_code ec;
-    if (!std::filesystem::is_directory(parent, ec)) parent = std::filesystem::temp_directory_path();
-    std::string pattern = (parent / "ringckpt-demo-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) {
-      throw Error(ErrorCode::kIo, parent.string(),
-                  std::string("cannot create a temporary directory: ") + std::strerror(errno));
-    }
-    return DemoDirectory(pattern, /*temporary=*/true, /*created=*/true);
+    return DemoDirectory(make_scratch_directory("ringckpt-demo"), /*temporary=*/true,
+                         /*created=*/true);
   }
 
   static DemoDirectory make_named(const std::filesystem::path& path) {
@@ -268,10 +237,10 @@ int run_demo(const std::vector<std::string>& args) {
                                       : DemoDirectory::make_temporary();
   const std::filesystem::path& dir = directory.path();
 
-  NoteCollector notes;
+  IoNotes notes;  // from every I/O engine of the run (each fallback once)
   CheckpointerOptions checkpointer_options;
   IoOptions& io = checkpointer_options.io;
-  io.report = [&notes](std::string_view note) { notes.add(note); };
+  io.report = [&notes](std::string_view note) { notes.add(std::string(note)); };
   // Snapshot staging needs a ring that holds the whole data file: the data,
   // its safetensors header (a few hundred bytes per entry) and a spare extent.
   const std::uint64_t header_estimate = 4096 + 512 * model.tensors;
@@ -350,7 +319,7 @@ int run_demo(const std::vector<std::string>& args) {
     print_step("I/O", std::string("O_DIRECT ") + (io_report.direct_io ? "yes" : "no") +
                           ", registered buffers " + (io_report.registered_buffers ? "yes" : "no"));
     std::vector<std::string> all_notes = io_report.notes;
-    for (auto& note : notes.notes()) {
+    for (auto& note : notes.all()) {
       if (std::find(all_notes.begin(), all_notes.end(), note) == all_notes.end()) {
         all_notes.push_back(std::move(note));
       }
