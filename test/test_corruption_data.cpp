@@ -54,7 +54,8 @@ BOOST_AUTO_TEST_CASE(flipped_bit_in_item_bytes) {
       const StorageInfo at = c.where(k.fqn);
       const std::uint64_t off = at.offset + k.byte;
       const std::uint64_t extent = off / kSmallIoExtent;
-      const std::uint64_t lo = extent * kSmallIoExtent, hi = std::min(c.file_size(), lo + kSmallIoExtent);
+      const std::uint64_t lo = extent * kSmallIoExtent;
+      const std::uint64_t hi = std::min(c.file_size(), lo + kSmallIoExtent);
       flip_bit(dir / kFirstDataFile, off, n % 8);
       ++n;
 
@@ -97,8 +98,8 @@ BOOST_AUTO_TEST_CASE(flipped_bit_in_safetensors_header) {
     BOOST_TEST_CONTEXT("bit flipped in header byte " << byte) {
       const fs::path dir = c.copy("header" + std::to_string(byte));
       flip_bit(dir / kFirstDataFile, byte, 1);
-      const auto fails = error_is(ErrorCode::kCorrupt, {kFirstDataFile, "extent 0 ", "safetensors header",
-                                                        "checksum mismatch"});
+      const auto fails = error_is(ErrorCode::kCorrupt, {kFirstDataFile, "extent 0 ",
+                                                        "safetensors header", "checksum mismatch"});
       {
         ZeroedDestination d(c);
         BOOST_CHECK_EXCEPTION(load(d.sd, dir, load_options()), Error, fails);
@@ -219,7 +220,8 @@ BOOST_AUTO_TEST_CASE(absurd_header_length) {
     overwrite_at(dir / kFirstDataFile, 0, prefix);
     const std::string data = slurp(dir / kFirstDataFile);
     const std::uint64_t sum = checksum_of(
-        std::as_bytes(std::span<const char>(data.data(), std::min<std::size_t>(data.size(), kSmallIoExtent))));
+        std::as_bytes(std::span<const char>(
+            data.data(), std::min<std::size_t>(data.size(), kSmallIoExtent))));
     forge_metadata(dir, [&](Metadata& md) { md.files[0].extent_checksums[0] = sum; });
     BOOST_TEST_REQUIRE(read_metadata(dir).files[0].extent_checksums[0] == sum);
 

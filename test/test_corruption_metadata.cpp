@@ -116,7 +116,8 @@ BOOST_AUTO_TEST_CASE(path_escaping_metadata) {
       const fs::path dir = parent / "ckpt";
       fs::copy_file(c.pristine / kMetadataFile, dir / kMetadataFile,
                     fs::copy_options::overwrite_existing);
-      fs::copy_file(c.pristine / kFirstDataFile, dir / kFirstDataFile, fs::copy_options::overwrite_existing);
+      fs::copy_file(c.pristine / kFirstDataFile, dir / kFirstDataFile,
+                    fs::copy_options::overwrite_existing);
       forge_metadata(dir, [&](Metadata& md) {
         md.files[0].relative_path = bad;
         for (auto& [index, info] : md.storage_data) info.relative_path = bad;
