@@ -131,11 +131,17 @@ void check_tensor(const std::string& file, const std::string& fqn,
   }
 }
 
+// The files of `md` by name (the first listing of a name).
+std::map<std::string_view, const FileInfo*> files_by_name(const Metadata& md) {
+  std::map<std::string_view, const FileInfo*> files;
+  for (const auto& f : md.files) files.emplace(f.relative_path, &f);
+  return files;
+}
+
 // Pre: check_files and check_tensor passed. Both maps are ordered by fqn, so
 // each is walked once alongside the other.
 void check_storage(const std::string& file, const Metadata& md) {
-  std::map<std::string_view, const FileInfo*> files;
-  for (const auto& f : md.files) files.emplace(f.relative_path, &f);
+  const std::map<std::string_view, const FileInfo*> files = files_by_name(md);
 
   auto item = md.state_dict_metadata.begin();
   const auto items_end = md.state_dict_metadata.end();
@@ -214,8 +220,7 @@ void check_storage(const std::string& file, const Metadata& md) {
 // one walk over both maps; exactly as strict. Where they would not, they are
 // run to name the fault.
 bool metadata_is_sound(const std::string& file, const Metadata& md) {
-  std::map<std::string_view, const FileInfo*> files;
-  for (const auto& f : md.files) files.emplace(f.relative_path, &f);
+  const std::map<std::string_view, const FileInfo*> files = files_by_name(md);
 
   auto entry = md.storage_data.begin();
   const auto entries_end = md.storage_data.end();

@@ -406,24 +406,12 @@ class MetadataHandler {
   bool key(std::string_view k) {
     Frame& f = stack_.back();
     if (f.ctx == Ctx::skip || (fault && f.ctx != Ctx::root)) return true;
-    if (f.ctx == Ctx::items || f.ctx == Ctx::planner) {
-      // Documents list their keys in order: the hint makes each insert O(1).
-      if (f.ctx == Ctx::items) {
-        auto& items = md.state_dict_metadata;
-        const std::size_t before = items.size();
-        auto it = items.emplace_hint(items.end(), std::piecewise_construct,
-                                     std::forward_as_tuple(k), std::forward_as_tuple());
-        f.key = it->first;
-        item_ = &it->second;
-        if (items.size() == before) record(path() + " is given twice");
-      } else {
-        auto& data = md.planner_data;
-        const std::size_t before = data.size();
-        auto it = data.emplace_hint(data.end(), std::string(k), std::string());
-        f.key = it->first;
-        planner_value_ = &it->second;
-        if (data.size() == before) record(path() + " is given twice");
-      }
+    if (f.ctx == Ctx::items) {
+      item_ = &insert_key(md.state_dict_metadata, k, f);
+      return true;
+    }
+    if (f.ctx == Ctx::planner) {
+      planner_value_ = &insert_key(md.planner_data, k, f);
       return true;
     }
     const auto keys = keys_of(f.ctx);
@@ -440,6 +428,19 @@ class MetadataHandler {
     if (f.seen & bit) record(path() + " is given twice");
     f.seen |= bit;
     return true;
+  }
+
+  // The value of key `k` of `map`, inserted empty (a repeat is a fault);
+  // f.key is set to the key in the map, which outlives the frame.
+  // Documents list their keys in order: the hint makes each insert O(1).
+  template <typename Map>
+  typename Map::mapped_type& insert_key(Map& map, std::string_view k, Frame& f) {
+    const std::size_t before = map.size();
+    auto it = map.emplace_hint(map.end(), std::piecewise_construct, std::forward_as_tuple(k),
+                               std::forward_as_tuple());
+    f.key = it->first;
+    if (map.size() == before) record(path() + " is given twice");
+    return it->second;
   }
 
   // Records "missing field 'path.key'" for the first of `keys` (bits of
