@@ -8,7 +8,7 @@
 
 #include "format/extent_checksum.hpp"
 #include "format/json_append.hpp"
-#include "ringckpt/plan.hpp"
+#include "format/storage_merge.hpp"
 
 namespace ringckpt {
 namespace {
@@ -133,25 +133,31 @@ std::string encode_metadata(const Metadata& metadata) {
 }
 
 std::string encode_metadata(const Metadata& metadata, const std::vector<WriteResults>& results) {
-  // What add_results changes (storage entries and files), recorded by it on
-  // a copy of those alone; the rest of the document comes from `metadata`.
-  Metadata recorded;
-  recorded.storage_data = metadata.storage_data;
-  recorded.files = metadata.files;
-  add_results(recorded, results);
-
-  const std::size_t hint = detail::metadata_size_hint(metadata) +
-                           detail::metadata_size_hint(recorded);
+  // The storage entries as add_results would record them (for_each_merged_entry),
+  // written without copying `metadata`.
+  std::size_t n_added = 0, extra_bytes = 0;
+  std::size_t n_files = metadata.files.size();
+  for (const WriteResults& r : results) {
+    n_added += r.items.size();
+    for (const WriteResult& item : r.items) {
+      extra_bytes += item.index.fqn.size() + item.storage_data.relative_path.size() + 96 +
+                     (item.index.offset ? 8 * item.index.offset->size() + 12 : 0);
+    }
+    for (const FileInfo& f : r.files) extra_bytes += 64 + 19 * f.extent_checksums.size();
+    n_files += r.files.size();
+  }
+  const std::size_t hint = detail::metadata_size_hint(metadata) + extra_bytes;
   json::monotonic_resource mr(detail::metadata_arena_bytes(hint));
   const JsonStorage sp(&mr);
   json::object doc = metadata_document(
-      metadata, sp, recorded.storage_data.size(),
+      metadata, sp, metadata.storage_data.size() + n_added,  // at most this many entries
+      [&](auto&& f) { detail::for_each_merged_entry(metadata, results, f); },
+      n_files,
       [&](auto&& f) {
-        for (const auto& [index, info] : recorded.storage_data) f(index, info);
-      },
-      recorded.files.size(),
-      [&](auto&& f) {
-        for (const FileInfo& file : recorded.files) f(file);
+        for (const FileInfo& file : metadata.files) f(file);
+        for (const WriteResults& r : results) {
+          for (const FileInfo& file : r.files) f(file);
+        }
       });
   return with_checksum(doc, hint);
 }

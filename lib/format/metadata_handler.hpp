@@ -151,6 +151,13 @@ class MetadataHandler {
   }
   bool on_number_part(json::string_view, json::error_code&) { return true; }
   bool on_int64(std::int64_t v, json::string_view, json::error_code&) {
+    // The commonest value by far, a dimension of a shape, goes straight in.
+    if (!stack_.empty() && stack_.back().ctx == Ctx::shape && v >= 0 &&
+        static_cast<std::uint64_t>(v) <= kMaxValue) {
+      ++stack_.back().n;
+      dims_.push_back(v);
+      return true;
+    }
     return value({.kind = Value::Kind::int64, .i = v});
   }
   bool on_uint64(std::uint64_t v, json::string_view, json::error_code&) {
@@ -411,8 +418,11 @@ class MetadataHandler {
       return true;
     }
     const auto keys = keys_of(f.ctx);
+    // Keys come in the order written: try the one after the last first.
+    const std::size_t first = f.field == kUnknownKey ? 0 : f.field + 1u;
     f.field = kUnknownKey;
-    for (std::size_t i = 0; i < keys.size(); ++i) {
+    for (std::size_t n = 0; n < keys.size(); ++n) {
+      const std::size_t i = (first + n) % keys.size();
       if (keys[i] == k) {
         f.field = static_cast<std::uint8_t>(i);
         f.key = keys[i];

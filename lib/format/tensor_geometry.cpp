@@ -2,6 +2,7 @@
 #include "format/tensor_geometry.hpp"
 
 #include <bit>
+#include <ranges>
 #include <utility>
 
 namespace ringckpt::detail {
@@ -86,6 +87,32 @@ class CornerSum {
   std::vector<std::size_t> owners_;
 };
 
+// Whether the chunks `live` (non-empty, inside `global`), which split at most
+// dimension `d` (none: no dimension), tile `global` exactly: the common
+// shardings (whole, by rows, by columns) without the cost of the corner sum.
+bool tiles_along_one_dimension(const Shape& global, const std::vector<ChunkStorageMetadata>& chunks,
+                               const std::vector<std::size_t>& live, std::optional<std::size_t> d) {
+  if (!d) return live.size() == 1;  // each live chunk is the whole tensor
+  auto contiguous = [&](auto&& spans) {  // spans: [begin, end) along d, in order
+    std::int64_t end = 0;
+    for (const auto& [b, e] : spans) {
+      if (b != end) return false;
+      end = e;
+    }
+    return end == global[*d];
+  };
+  auto span_of = [&](std::size_t i) {
+    return std::pair{chunks[i].offsets[*d], chunks[i].offsets[*d] + chunks[i].sizes[*d]};
+  };
+  // Chunks are usually listed in order: try that before sorting.
+  if (contiguous(live | std::views::transform(span_of))) return true;
+  std::vector<std::pair<std::int64_t, std::int64_t>> spans;
+  spans.reserve(live.size());
+  for (std::size_t i : live) spans.push_back(span_of(i));
+  std::sort(spans.begin(), spans.end());
+  return contiguous(spans);
+}
+
 Shape box_end(const ChunkStorageMetadata& chunk) {
   Shape hi(chunk.offsets.size());
   for (std::size_t d = 0; d < hi.size(); ++d) hi[d] = chunk.offsets[d] + chunk.sizes[d];
@@ -155,6 +182,7 @@ std::optional<TilingFault> find_tiling_fault(const Shape& global,
   // Empty chunks cancel in the corner sum; leave them out. A non-empty chunk
   // in bounds holds at most `total` elements, so its numel does not overflow.
   std::vector<std::size_t> live;
+  live.reserve(chunks.size());
   unsigned __int128 held = 0;
   for (std::size_t i = 0; i < chunks.size(); ++i) {
     const std::int64_t n = numel(chunks[i].sizes);
@@ -165,12 +193,22 @@ std::optional<TilingFault> find_tiling_fault(const Shape& global,
   }
   // A dimension that every chunk spans fully factors out of every indicator:
   // the test holds iff it holds without it.
-  std::vector<std::size_t> dims;
-  for (std::size_t d = 0; d < ndim; ++d) {
-    const bool split = std::any_of(live.begin(), live.end(), [&](std::size_t i) {
+  auto split = [&](std::size_t d) {
+    return std::any_of(live.begin(), live.end(), [&](std::size_t i) {
       return chunks[i].offsets[d] != 0 || chunks[i].sizes[d] != global[d];
     });
-    if (split) dims.push_back(d);
+  };
+  std::size_t n_split = 0;
+  std::optional<std::size_t> split_dim;
+  for (std::size_t d = 0; d < ndim; ++d) {
+    if (split(d)) ++n_split, split_dim = d;
+  }
+  if (n_split <= 1 && tiles_along_one_dimension(global, chunks, live, split_dim)) {
+    return std::nullopt;
+  }
+  std::vector<std::size_t> dims;
+  for (std::size_t d = 0; d < ndim; ++d) {
+    if (split(d)) dims.push_back(d);
   }
   if (dims.size() > kMaxSplitDims || (live.size() + 1) << dims.size() > kMaxCorners) {
     TilingFault fault{Kind::too_complex};
