@@ -1,7 +1,7 @@
-#define BOOST_TEST_MODULE metadata_decoder
-// metadata.json's one decoder streams the document (Boost.JSON's SAX
-// interface). What it must do beyond the round trips and faults of
-// test_format: read a document whatever the order of its keys, skip keys it
+#define BOOST_TEST_MODULE metadata_json
+// metadata.json beyond the round trips and faults of test_format. Write
+// results are recorded in the document as add_results records them. The one
+// decoder streams the document (Boost.JSON's SAX interface): it must read a document whatever the order of its keys, skip keys it
 // does not know, refuse a key given twice, and report the fault that says most
 // (a damaged document is damaged before it is ill-typed).
 #include <boost/json.hpp>
@@ -160,4 +160,33 @@ BOOST_AUTO_TEST_CASE(payload_reads_as_the_file_does_but_for_checksum_and_version
                           return e.where() == "metadata payload" &&
                                  e.message().find("files is 3, not an array") != std::string::npos;
                         });
+}
+
+// encode_metadata(md, results) writes what add_results records: results in
+// any order, an entry that updates one already there (which keeps its own
+// index hint), and an index given twice (the first gives the key, the last
+// the value).
+BOOST_AUTO_TEST_CASE(results_are_recorded_as_add_results_records_them) {
+  Metadata md = small_metadata();
+  md.storage_data.erase(MetadataIndex{"w", Shape{2, 0}, {}});
+  md.files.clear();
+  std::vector<WriteResults> results(2);
+  results[0].items.push_back({MetadataIndex{"w", Shape{2, 0}, 1}, 16, {"__0_0.safetensors", 1, 16}});
+  results[0].items.push_back({MetadataIndex{"w", Shape{0, 0}, 9}, 16, {"__0_0.safetensors", 4096, 16}});
+  results[1].items.push_back({MetadataIndex{"w", Shape{2, 0}, 7}, 16, {"__0_0.safetensors", 4112, 16}});
+  results[1].files.push_back({"__0_0.safetensors", 4131, 4096, {1, 2}});
+
+  Metadata recorded = md;
+  add_results(recorded, results);
+  BOOST_TEST(recorded.storage_data.size() == 3u);
+  const auto updated = recorded.storage_data.find(MetadataIndex{"w", Shape{0, 0}, {}});
+  BOOST_TEST(updated->first.index.value() == 0u);  // the entry's own hint
+  const auto twice = recorded.storage_data.find(MetadataIndex{"w", Shape{2, 0}, {}});
+  BOOST_TEST(twice->first.index.value() == 1u);  // the first result's key
+  BOOST_TEST(twice->second.offset == 4112u);     // the last result's value
+  BOOST_TEST(recorded.files.size() == 1u);
+
+  const std::string text = encode_metadata(md, results);
+  BOOST_TEST(text == encode_metadata(recorded));
+  check_equal(decode_metadata(text, kMeta), small_metadata());
 }
