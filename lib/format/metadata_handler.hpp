@@ -127,7 +127,7 @@ class MetadataHandler {
   std::optional<std::string> fault;  // the first fault in a field, with its path
 
   // The root members that are checked before any other field.
-  bool has_format = false, format_ok = false;
+  bool format_ok = false;
   bool has_version = false;
   std::optional<std::int64_t> version;  // set if an integer
   std::string version_text;
@@ -310,7 +310,6 @@ class MetadataHandler {
   bool root_value(std::uint8_t field, const Value& v) {
     switch (field) {
       case kFormat:
-        has_format = true;
         format_ok = v.kind == Value::Kind::string && v.str == kFormatName;
         return skip(v);
       case kVersion:
