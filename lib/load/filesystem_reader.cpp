@@ -161,7 +161,7 @@ void FileSystemReader::read_data(const LoadPlan& plan, LoadPlanner& planner) {
     }
     const std::size_t element = dtype_size(dest.dtype);
     chunk_sizes.assign(sizes.begin(), sizes.end());
-    if (where->length != static_cast<std::uint64_t>(numel(chunk_sizes)) * element) {
+    if (detail::shape_bytes(sizes, element) != where->length) {
       throw Error(ErrorCode::kCorrupt, item.storage_index.fqn,
                   "stored byte length does not match the chunk's shape");
     }
