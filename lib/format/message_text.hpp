@@ -4,6 +4,7 @@
 #include <string>
 #include <string_view>
 
+#include "ringckpt/metadata.hpp"
 #include "ringckpt/tensor.hpp"
 
 namespace ringckpt::detail {
@@ -19,6 +20,13 @@ inline std::string shape_string(const Shape& shape, std::string_view separator =
     out += std::to_string(shape[i]);
   }
   return out + "]";
+}
+
+// 'w' for a whole item, 'w' chunk at [0,4] for a chunk of a tensor.
+inline std::string index_string(const MetadataIndex& index) {
+  std::string out = in_quotes(index.fqn);
+  if (index.offset) out += " chunk at " + shape_string(*index.offset);
+  return out;
 }
 
 }  // namespace ringckpt::detail

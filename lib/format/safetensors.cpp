@@ -5,6 +5,7 @@
 
 #include "format/json_append.hpp"
 #include "format/message_text.hpp"
+#include "format/tensor_geometry.hpp"
 
 #include <algorithm>
 #include <boost/json.hpp>
@@ -28,9 +29,8 @@ namespace json = boost::json;
 constexpr std::string_view kMetadataKey = "__metadata__";
 constexpr std::size_t kPrefixBytes = 8;
 
-// The largest tensor byte count believed: anything above it is a corrupt
-// shape, and keeping products below it keeps every sum free of overflow.
-constexpr std::uint64_t kMaxBytes = std::uint64_t{1} << 62;
+// The largest tensor byte count believed (kMaxTensorBytes).
+constexpr std::uint64_t kMaxBytes = detail::kMaxTensorBytes;
 
 [[noreturn]] void corrupt(const std::string& file, std::string message) {
   throw Error(ErrorCode::kCorrupt, file, "safetensors header: " + std::move(message));
@@ -39,18 +39,6 @@ constexpr std::uint64_t kMaxBytes = std::uint64_t{1} << 62;
 
 std::string range_string(std::uint64_t begin, std::uint64_t end) {
   return "[" + std::to_string(begin) + ", " + std::to_string(end) + ")";
-}
-
-// numel(shape) * dtype_size(dtype), or nullopt if it exceeds kMaxBytes.
-// Pre: every dimension is non-negative.
-std::optional<std::uint64_t> shape_bytes(const Shape& shape, DType dtype) {
-  std::uint64_t bytes = dtype_size(dtype);
-  for (std::int64_t d : shape) {
-    const auto dim = static_cast<std::uint64_t>(d);
-    if (dim != 0 && bytes > kMaxBytes / dim) return std::nullopt;
-    bytes *= dim;
-  }
-  return bytes;
 }
 
 std::optional<std::uint64_t> as_u64(const json::value& v) {
@@ -146,7 +134,7 @@ SafetensorsEntry decode_entry(std::string_view name, const json::value& v, std::
                       " data bytes follow the header)");
   }
 
-  auto needed = shape_bytes(entry.shape, entry.dtype);
+  auto needed = detail::shape_bytes(entry.shape, dtype_size(entry.dtype));
   if (!needed) {
     corrupt(file, "tensor " + in_quotes(name) + " shape " + shape_string(entry.shape) +
                       " is absurdly large");

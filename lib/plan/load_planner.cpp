@@ -1,0 +1,210 @@
+// load_planner.cpp — DCP's default load planner: each requested tensor or
+// shard is read from the stored chunks it intersects (resharding from any
+// world size to any other).
+#include "ringckpt/default_planner.hpp"
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <variant>
+
+#include "format/tensor_geometry.hpp"
+#include "plan/plan_validation.hpp"
+#include "ringckpt/error.hpp"
+
+namespace ringckpt {
+namespace {
+
+using detail::check_shard;
+using detail::chunk_str;
+using detail::shape_str;
+using detail::tensor_str;
+
+// ---------------------------------------------------------------------------
+// Load planning.
+
+std::string value_kind(const StateValue& v) {
+  return std::holds_alternative<Bytes>(v) ? "bytes" : "a tensor";
+}
+
+// Checks that the state dict asks for the shape and dtype the checkpoint holds.
+void check_matches(const std::string& fqn, const TensorStorageMetadata& tm, const Shape& shape,
+                   DType dtype) {
+  if (tm.size != shape || tm.properties.dtype != dtype) {
+    throw Error(ErrorCode::kMismatch, fqn,
+                "checkpoint holds shape " + tensor_str(tm.size, tm.properties.dtype) +
+                    ", the state dict asks for " + tensor_str(shape, dtype));
+  }
+}
+
+ReadItem bytes_read_item(const std::string& fqn) {
+  ReadItem item;
+  item.type = LoadItemType::BYTE_IO;
+  item.dest_index = MetadataIndex{fqn, std::nullopt, std::nullopt};
+  item.storage_index = MetadataIndex{fqn, std::nullopt, std::nullopt};
+  return item;
+}
+
+// read_items_for_box, appending to `out`: the destination box is
+// [dest_offsets, dest_offsets + dest_sizes) of dest_index's tensor or shard,
+// dest_index being {fqn, dest_offsets}.
+void append_read_items(std::vector<ReadItem>& out, const std::string& fqn,
+                       const TensorStorageMetadata& stored, const MetadataIndex* dest_index,
+                       const Shape& dest_offsets, const Shape& dest_sizes) {
+  const std::size_t ndim = dest_offsets.size();
+  if (dest_sizes.size() != ndim) {
+    throw Error(ErrorCode::kInvalidArgument, fqn,
+                "destination box " + chunk_str(dest_offsets, dest_sizes) +
+                    " has mismatched ranks");
+  }
+  for (std::size_t c = 0; c < stored.chunks.size(); ++c) {
+    const auto& chunk = stored.chunks[c];
+    if (chunk.offsets.size() != ndim || chunk.sizes.size() != ndim) {
+      throw Error(ErrorCode::kMismatch, fqn,
+                  "stored chunk " + chunk_str(chunk) + " does not have the " +
+                      std::to_string(ndim) + " dimensions of the destination");
+    }
+    // Intersection [lo, hi) of the two boxes; empty if hi <= lo in any dim.
+    // A 0-d box has no dimension and so always intersects.
+    bool empty = false;
+    for (std::size_t d = 0; d < ndim && !empty; ++d) {
+      std::int64_t chunk_end = 0, dest_end = 0;
+      if (__builtin_add_overflow(chunk.offsets[d], chunk.sizes[d], &chunk_end) ||
+          __builtin_add_overflow(dest_offsets[d], dest_sizes[d], &dest_end)) {
+        throw Error(ErrorCode::kInvalidArgument, fqn,
+                    "box " + chunk_str(chunk) + " or " + chunk_str(dest_offsets, dest_sizes) +
+                        " overflows");
+      }
+      empty = std::min(chunk_end, dest_end) <= std::max(chunk.offsets[d], dest_offsets[d]);
+    }
+    if (empty) continue;
+
+    ReadItem& item = out.emplace_back();
+    item.type = LoadItemType::TENSOR;
+    if (dest_index) {
+      item.dest_index = *dest_index;
+    } else {
+      item.dest_index.fqn = fqn;
+      item.dest_index.offset = dest_offsets;
+    }
+    item.storage_index.fqn = fqn;
+    item.storage_index.offset = chunk.offsets;
+    item.storage_index.index = c;
+    item.dest_offsets.resize(ndim);
+    item.storage_offsets.resize(ndim);
+    item.lengths.resize(ndim);
+    for (std::size_t d = 0; d < ndim; ++d) {  // no overflow: checked above
+      const std::int64_t lo = std::max(chunk.offsets[d], dest_offsets[d]);
+      const std::int64_t hi = std::min(chunk.offsets[d] + chunk.sizes[d],
+                                       dest_offsets[d] + dest_sizes[d]);
+      item.dest_offsets[d] = lo - dest_offsets[d];
+      item.storage_offsets[d] = lo - chunk.offsets[d];
+      item.lengths[d] = hi - lo;
+    }
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// DefaultLoadPlanner
+
+void DefaultLoadPlanner::set_up_planner(StateDict& state_dict, const Metadata& metadata,
+                                        bool is_coordinator) {
+  state_dict_ = &state_dict;
+  metadata_ = &metadata;
+  is_coordinator_ = is_coordinator;
+}
+
+LoadPlan DefaultLoadPlanner::create_local_plan() {
+  if (state_dict_ == nullptr || metadata_ == nullptr) {
+    throw Error(ErrorCode::kInvalidArgument, "DefaultLoadPlanner", "set_up_planner was not called");
+  }
+  LoadPlan plan;
+  plan.items.reserve(state_dict_->size());
+  for (const auto& entry : *state_dict_) {
+    const std::string& fqn = entry.fqn;
+    auto it = metadata_->state_dict_metadata.find(fqn);
+    if (it == metadata_->state_dict_metadata.end()) {
+      if (options_.allow_partial_load) continue;
+      throw Error(ErrorCode::kNotFound, fqn, "missing from the checkpoint");
+    }
+    const bool stored_bytes = std::holds_alternative<BytesStorageMetadata>(it->second);
+    if (stored_bytes != std::holds_alternative<Bytes>(entry.value)) {
+      throw Error(ErrorCode::kMismatch, fqn,
+                  "checkpoint holds " + std::string(stored_bytes ? "bytes" : "a tensor") +
+                      ", the state dict asks for " + value_kind(entry.value));
+    }
+    if (stored_bytes) {
+      plan.items.push_back(bytes_read_item(fqn));
+      continue;
+    }
+    const auto& tm = std::get<TensorStorageMetadata>(it->second);
+    if (const auto* t = std::get_if<TensorView>(&entry.value)) {
+      check_matches(fqn, tm, t->shape, t->dtype);
+      append_read_items(plan.items, fqn, tm, nullptr, Shape(t->shape.size(), 0), t->shape);
+    } else {
+      const auto& st = std::get<ShardedTensor>(entry.value);
+      check_matches(fqn, tm, st.global_shape, st.dtype);
+      for (const auto& shard : st.shards) {
+        check_shard(fqn, st, shard);
+        append_read_items(plan.items, fqn, tm, nullptr, shard.offsets, shard.local.shape);
+      }
+    }
+  }
+  return plan;
+}
+
+std::vector<LoadPlan> DefaultLoadPlanner::create_global_plan(std::vector<LoadPlan> all_plans) {
+  return all_plans;
+}
+
+LoadPlan DefaultLoadPlanner::finish_plan(LoadPlan central_plan) { return central_plan; }
+
+void DefaultLoadPlanner::load_bytes(const ReadItem& item, std::span<const std::byte> value) {
+  StateValue* v = state_dict_ ? state_dict_->find(item.dest_index.fqn) : nullptr;
+  if (v == nullptr) {
+    throw Error(ErrorCode::kNotFound, item.dest_index.fqn, "not in the state dict being loaded");
+  }
+  auto* b = std::get_if<Bytes>(v);
+  if (b == nullptr) {
+    throw Error(ErrorCode::kMismatch, item.dest_index.fqn,
+                "bytes were read for it, the state dict holds a tensor");
+  }
+  b->assign(value.begin(), value.end());
+}
+
+TensorView DefaultLoadPlanner::resolve_tensor(const ReadItem& item) {
+  const MetadataIndex& dest = item.dest_index;
+  const StateValue* v = state_dict_ ? state_dict_->find(dest.fqn) : nullptr;
+  if (v == nullptr) {
+    throw Error(ErrorCode::kNotFound, dest.fqn, "not in the state dict being loaded");
+  }
+  if (const auto* t = std::get_if<TensorView>(v)) return *t;
+  if (const auto* st = std::get_if<ShardedTensor>(v)) {
+    if (dest.offset) {
+      const auto shard = detail::find_chunk_at(
+          st->shards.size(), [&](std::size_t i) -> const Shape& { return st->shards[i].offsets; },
+          *dest.offset, std::nullopt);
+      if (shard) return st->shards[*shard].local;
+    }
+    throw Error(ErrorCode::kNotFound, dest.fqn,
+                "no local shard at offsets " + (dest.offset ? shape_str(*dest.offset) : "[]"));
+  }
+  throw Error(ErrorCode::kMismatch, dest.fqn, "a tensor was read for it, the state dict holds bytes");
+}
+
+void DefaultLoadPlanner::commit_tensor(const ReadItem&, const TensorView&) {}
+
+// ---------------------------------------------------------------------------
+
+std::vector<ReadItem> read_items_for_box(const std::string& fqn,
+                                         const TensorStorageMetadata& stored,
+                                         const MetadataIndex& dest_index,
+                                         const ChunkStorageMetadata& dest) {
+  std::vector<ReadItem> items;
+  append_read_items(items, fqn, stored, &dest_index, dest.offsets, dest.sizes);
+  return items;
+}
+
+}  // namespace ringckpt
