@@ -13,6 +13,7 @@
 #include <boost/json.hpp>
 
 #include "format/message_text.hpp"
+#include "format/tensor_geometry.hpp"
 
 #include "commands.hpp"
 #include "ringckpt/checkpoint.hpp"
@@ -82,11 +83,10 @@ std::vector<Entry> collect_entries(const Metadata& metadata) {
                              ? nullptr
                              : std::get_if<TensorStorageMetadata>(&storage->second);
     if (tensor != nullptr) {
-      for (const auto& box : tensor->chunks) {
-        if (!index.offset || box.offsets == *index.offset) {
-          chunk.box = box;
-          break;
-        }
+      // A whole item (no offset) is the chunk at the origin.
+      const Shape origin(tensor->size.size(), 0);
+      if (const auto* box = detail::find_chunk(*tensor, index.offset.value_or(origin), index.index)) {
+        chunk.box = *box;
       }
     }
     entry.bytes += info.length;
