@@ -36,6 +36,7 @@ namespace ringckpt::detail {
 
 class SlotEngine {
  public:
+  // `start` and `done` are required; `stopping` may be empty.
   struct Hooks {
     // Begins extent `e` in `slot`, on the executor. Never called once the
     // engine is stopping. The extent then ends with end_extent(e, slot) —
