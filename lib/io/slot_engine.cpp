@@ -115,16 +115,6 @@ void SlotEngine::check_done() {
 }
 
 std::function<void(std::int64_t)> SlotEngine::io_completion(
-    std::size_t e, unsigned slot, std::function<void(std::int64_t)> step) {
-  return [keep = owner_.lock(), this, e, slot, step = std::move(step)](std::int64_t result) {
-    run(e, slot, [&] {
-      check_injected_io_fault();
-      step(result);
-    });
-  };
-}
-
-std::function<void(std::int64_t)> SlotEngine::io_completion(
     std::function<void(std::int64_t)> step, std::function<void()> then) {
   return [keep = owner_.lock(), this, step = std::move(step),
           then = std::move(then)](std::int64_t result) {

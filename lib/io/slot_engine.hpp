@@ -30,6 +30,7 @@
 #include <utility>
 #include <vector>
 
+#include "io/io_fault_injection.hpp"
 #include "io/slot_source.hpp"
 
 namespace ringckpt::detail {
@@ -89,8 +90,15 @@ class SlotEngine {
   // Wraps the completion of an I/O operation of extent e (for UringQueue):
   // as run(), and a test-injected fault (io/io_fault_injection.hpp) throws
   // before `step` runs.
-  std::function<void(std::int64_t)> io_completion(std::size_t e, unsigned slot,
-                                                  std::function<void(std::int64_t)> step);
+  template <class F>
+  std::function<void(std::int64_t)> io_completion(std::size_t e, unsigned slot, F step) {
+    return [keep = owner_.lock(), this, e, slot, step = std::move(step)](std::int64_t result) {
+      run(e, slot, [&] {
+        check_injected_io_fault();
+        step(result);
+      });
+    };
+  }
   // Wraps the completion of an I/O operation of no extent (a save's
   // fdatasync): if `step` (or an injected fault) throws, the job fails;
   // `then` runs afterwards in any case and must not throw.
