@@ -7,12 +7,15 @@
 #include <linux/magic.h>
 #include <sys/mount.h>
 #include <sys/vfs.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <future>
@@ -710,6 +713,40 @@ BOOST_AUTO_TEST_CASE(zero_queue_depth_is_invalid) {
   } catch (const Error& e) {
     BOOST_TEST((e.code() == ErrorCode::kInvalidArgument));
   }
+}
+
+// The queue cannot hand an exception to anyone, and dropping it would leave
+// the job's waiters hanging: a throwing completion ends the process
+// (uring_queue.hpp). Checked in a child process, under a time limit.
+BOOST_AUTO_TEST_CASE(a_throwing_completion_terminates_the_process_instead_of_being_dropped) {
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  BOOST_REQUIRE(pid >= 0);
+  if (pid == 0) {
+    std::signal(SIGABRT, SIG_DFL);  // Boost.Test's handler would catch it
+    std::freopen("/dev/null", "w", stdout);
+    std::freopen("/dev/null", "w", stderr);
+    {
+      UringQueue q(1, {}, false, {});
+      q.fdatasync(-1, [](std::int64_t) { throw std::runtime_error("a completion threw"); });
+      std::this_thread::sleep_for(std::chrono::seconds(5));
+    }
+    std::_Exit(0);  // not reached if the rule holds
+  }
+  int status = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  pid_t r;
+  while ((r = ::waitpid(pid, &status, WNOHANG)) == 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (r == 0) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    BOOST_FAIL("the child neither terminated nor exited");
+  }
+  BOOST_TEST(WIFSIGNALED(status));
+  BOOST_TEST(WTERMSIG(status) == SIGABRT);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

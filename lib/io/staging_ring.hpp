@@ -14,12 +14,12 @@
 #include <mutex>
 #include <vector>
 
+#include "io/slot_source.hpp"
+
 namespace ringckpt {
 
-class StagingRing {
+class StagingRing final : public SlotSource {
  public:
-  using Handler = std::function<void(unsigned slot)>;
-
   // slot_bytes: a multiple of kAlignment. Throws Error(kIo) if the memory
   // cannot be had.
   StagingRing(std::size_t slot_bytes, std::size_t slot_count);
@@ -28,7 +28,7 @@ class StagingRing {
   StagingRing& operator=(const StagingRing&) = delete;
 
   std::size_t slot_bytes() const noexcept { return slot_bytes_; }
-  std::size_t slot_count() const noexcept { return slot_count_; }
+  std::size_t slot_count() const noexcept override { return slot_count_; }
   std::size_t total_bytes() const noexcept { return slot_bytes_ * slot_count_; }
   std::byte* slot_data(unsigned slot) const noexcept { return base_ + slot * slot_bytes_; }
   // One iovec per slot, in slot order (for io_uring_register_buffers).
@@ -37,9 +37,9 @@ class StagingRing {
   // Gives a free slot to `handler`: at once on the calling thread if one is
   // free, otherwise on the thread that next releases one. Waiters are served
   // first come, first served. The handler must be short (post real work).
-  void async_acquire(Handler handler);
-  // Returns a slot. Pre: the caller owns it.
-  void release(unsigned slot);
+  void async_acquire(Handler handler) override;
+  // Returns a slot. REQUIRES: the caller owns it.
+  void release(unsigned slot) override;
   std::size_t free_count() const;
 
  private:

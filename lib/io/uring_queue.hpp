@@ -5,6 +5,12 @@
 // write or read, and runs each completion on the I/O thread (completions must
 // be short: count, release a slot, post real work elsewhere). New requests
 // wake the thread through an eventfd that the ring itself reads.
+//
+// A completion must not throw. The queue has no one to hand an exception to,
+// and dropping it would leave the waiters of the job that queued the operation
+// hanging; so one that escapes a completion calls std::terminate. Jobs wrap
+// their completions with SlotEngine::io_completion, which turns an exception
+// into the job's failure.
 #pragma once
 
 #include <sys/uio.h>
@@ -21,7 +27,7 @@ namespace ringckpt {
 
 class UringQueue {
  public:
-  // result: bytes transferred in all (>= 0), or -errno.
+  // result: bytes transferred in all (>= 0), or -errno. Must not throw.
   using Completion = std::function<void(std::int64_t result)>;
   using Note = std::function<void(std::string_view)>;
 

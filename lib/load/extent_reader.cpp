@@ -1,7 +1,5 @@
 #include "load/extent_reader.hpp"
 
-#include <boost/asio/post.hpp>
-
 #include <algorithm>
 #include <condition_variable>
 #include <cstring>
@@ -12,6 +10,7 @@
 #include "io/data_file.hpp"
 #include "format/extent_checksum.hpp"
 #include "io/io_engine.hpp"
+#include "io/slot_engine.hpp"
 #include "ringckpt/error.hpp"
 
 namespace ringckpt::detail {
@@ -32,20 +31,26 @@ class ReadJob : public std::enable_shared_from_this<ReadJob> {
  public:
   ReadJob(IoEngine& engine, const std::filesystem::path& dir, std::vector<FileReadTask>& tasks,
           std::vector<ExtentFault>* faults, const Progress& progress)
-      : engine_(engine), dir_(dir), tasks_(tasks), faults_(faults), progress_(progress) {}
+      : engine_(engine),
+        dir_(dir),
+        tasks_(tasks),
+        faults_(faults),
+        progress_(progress),
+        slots_(engine.ring(), engine.staging_pool().get_executor(),
+               {.start = [this](std::size_t e, unsigned slot) { read(e, slot); },
+                .stopping = {},
+                .done = [this](std::exception_ptr error) { on_done(error); }}) {}
 
   void run();
 
  private:
   void open_files();
-  void acquire_next();
-  void on_slot(unsigned slot);
+  void read(std::size_t e, unsigned slot);
   void verify(std::size_t e, unsigned slot, std::int64_t result);
   void scatter(const ReadExtent& x, const std::byte* data);
-  void finish_extent(unsigned slot, std::uint64_t bytes);
   void fault(ErrorCode code, std::string file, std::int64_t extent, std::uint64_t lo,
              std::uint64_t hi, std::string message);
-  void check_done();
+  void on_done(std::exception_ptr error);
   std::string path_of(std::size_t task) const {
     return (dir_ / tasks_[task].info.relative_path).string();
   }
@@ -60,27 +65,24 @@ class ReadJob : public std::enable_shared_from_this<ReadJob> {
   std::vector<std::vector<std::vector<std::uint32_t>>> by_extent_;  // [task][extent] -> runs
   std::vector<ReadExtent> extents_;
 
+  SlotEngine slots_;  // hands slots to extents_, holds the first error
+
   std::mutex mu_;
   std::condition_variable finished_cv_;
-  std::size_t next_ = 0;
-  bool acquiring_ = false;
-  std::size_t outstanding_ = 0;
-  bool stopping_ = false;
-  bool finished_ = false;
-  std::exception_ptr error_;
-  std::uint64_t bytes_done_ = 0;
-  std::uint64_t bytes_total_ = 0;
+  bool finished_ = false;          // guarded by mu_
+  std::exception_ptr error_;       // guarded by mu_; set with finished_
+  std::uint64_t bytes_done_ = 0;   // guarded by mu_
+  std::uint64_t bytes_total_ = 0;  // written by open_files() before the engine starts
 };
 
 void ReadJob::fault(ErrorCode code, std::string file, std::int64_t extent, std::uint64_t lo,
                     std::uint64_t hi, std::string message) {
-  std::lock_guard lock(mu_);
   if (faults_) {
+    std::lock_guard lock(mu_);
     faults_->push_back({std::move(file), extent, lo, hi - lo, std::move(message)});
     return;
   }
-  if (!error_) error_ = std::make_exception_ptr(Error(code, std::move(file), std::move(message)));
-  stopping_ = true;
+  slots_.fail(std::make_exception_ptr(Error(code, std::move(file), std::move(message))));
 }
 
 void ReadJob::open_files() {
@@ -145,50 +147,29 @@ void ReadJob::open_files() {
 
 void ReadJob::run() {
   open_files();
-  acquire_next();
+  slots_.start(extents_.size(), shared_from_this());
   std::unique_lock lock(mu_);
   finished_cv_.wait(lock, [&] { return finished_; });
   if (error_) std::rethrow_exception(error_);
 }
 
-void ReadJob::acquire_next() {
-  bool more;
-  {
-    std::lock_guard lock(mu_);
-    more = !stopping_ && next_ < extents_.size();
-    acquiring_ = more;
-  }
-  if (!more) {
-    check_done();
-    return;
-  }
-  engine_.ring().async_acquire([self = shared_from_this()](unsigned slot) { self->on_slot(slot); });
-}
-
-void ReadJob::on_slot(unsigned slot) {
-  std::size_t e;
-  {
-    std::lock_guard lock(mu_);
-    acquiring_ = false;
-    e = stopping_ ? extents_.size() : next_++;
-    if (e < extents_.size()) ++outstanding_;
-  }
-  if (e == extents_.size()) {
-    engine_.ring().release(slot);
-    check_done();
-    return;
-  }
+// On a staging thread, as the engine's start hook.
+void ReadJob::read(std::size_t e, unsigned slot) {
   const ReadExtent& x = extents_[e];
   const DataFile& file = files_[x.task];
   std::size_t length = x.hi - x.lo;
   if (file.direct()) length = round_up(length, kAlignment);
   engine_.uring().read(file.fd(), slot, engine_.ring().slot_data(slot), length, x.lo,
-                       [self = shared_from_this(), e, slot](std::int64_t result) {
-                         boost::asio::post(self->engine_.staging_pool(), [self, e, slot, result] {
-                           self->verify(e, slot, result);
-                         });
-                       });
-  boost::asio::post(engine_.staging_pool(), [self = shared_from_this()] { self->acquire_next(); });
+                       slots_.io_completion(e, slot, [this, e, slot](std::int64_t result) {
+                         slots_.post(e, slot, [this, e, slot, result] { verify(e, slot, result); });
+                       }));
+}
+
+void ReadJob::on_done(std::exception_ptr error) {
+  std::lock_guard lock(mu_);
+  error_ = std::move(error);
+  finished_ = true;
+  finished_cv_.notify_all();
 }
 
 void ReadJob::verify(std::size_t e, unsigned slot, std::int64_t result) {
@@ -216,7 +197,12 @@ void ReadJob::verify(std::size_t e, unsigned slot, std::int64_t result) {
       scatter(x, data);
     }
   }
-  finish_extent(slot, length);
+  {
+    std::lock_guard lock(mu_);
+    bytes_done_ += length;
+    if (progress_) progress_(bytes_done_, bytes_total_);
+  }
+  slots_.end_extent(e, slot);
 }
 
 // Copies the verified extent x to every run that overlaps it.
@@ -228,27 +214,6 @@ void ReadJob::scatter(const ReadExtent& x, const std::byte* data) {
     const std::uint64_t hi = std::min(run.file_offset + run.length, x.hi);
     if (lo < hi) std::memcpy(run.dest + (lo - run.file_offset), data + (lo - x.lo), hi - lo);
   }
-}
-
-void ReadJob::finish_extent(unsigned slot, std::uint64_t bytes) {
-  engine_.ring().release(slot);
-  std::uint64_t done, total;
-  {
-    std::lock_guard lock(mu_);
-    --outstanding_;
-    done = bytes_done_ += bytes;
-    total = bytes_total_;
-    if (progress_) progress_(done, total);
-  }
-  check_done();
-}
-
-void ReadJob::check_done() {
-  std::lock_guard lock(mu_);
-  if (finished_ || acquiring_ || outstanding_ > 0) return;
-  if (!stopping_ && next_ < extents_.size()) return;
-  finished_ = true;
-  finished_cv_.notify_all();
 }
 
 }  // namespace

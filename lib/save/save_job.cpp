@@ -12,6 +12,7 @@
 #include "io/data_file.hpp"
 #include "format/extent_checksum.hpp"
 #include "io/io_engine.hpp"
+#include "io/slot_engine.hpp"
 #include "ringckpt/error.hpp"
 
 namespace ringckpt::detail {
@@ -36,29 +37,27 @@ class SaveJobImpl final : public SaveJob, public std::enable_shared_from_this<Sa
         layout_(std::move(layout)),
         callbacks_(std::move(callbacks)),
         resolved_(plan.items.size()),
-        resolve_once_(std::make_unique<std::once_flag[]>(plan.items.size())) {}
+        resolve_once_(std::make_unique<std::once_flag[]>(plan.items.size())),
+        slots_(engine.ring(), engine.staging_pool().get_executor(),
+               {.start = [this](std::size_t e, unsigned slot) { fill(e, slot); },
+                .stopping = [this] { drop_held_back(); },
+                .done = [this](std::exception_ptr error) { on_extents_done(error); }}) {}
 
   void begin();
   void cancel() override;
 
  private:
-  void acquire_next();
-  void on_slot(unsigned slot);
   void fill(std::size_t e, unsigned slot);
   void fill_extent(const Extent& x, std::byte* dst);
   void submit_in_order(std::size_t e, unsigned slot, std::size_t write_length);
   void on_written(std::size_t e, unsigned slot, std::size_t length, std::int64_t result);
-  void fail(std::exception_ptr error);
-  void check_done();
+  void drop_held_back();
+  void on_extents_done(std::exception_ptr error);
   void finalize();
   void on_synced(std::int64_t result, std::size_t file);
   void deliver();
   void cleanup_and_fail();
   const ItemData& resolved(std::size_t item);
-  bool stopping() {
-    std::lock_guard lock(mu_);
-    return stopping_;
-  }
   void fire_staged(std::exception_ptr error);
   std::shared_ptr<SaveJobImpl> self() { return shared_from_this(); }
 
@@ -80,19 +79,15 @@ class SaveJobImpl final : public SaveJob, public std::enable_shared_from_this<Sa
     std::size_t length;  // bytes to write (the tail padded for O_DIRECT)
   };
 
-  std::mutex mu_;
-  std::map<std::size_t, Filled> ready_;  // filled extents waiting for earlier ones
-  std::size_t next_submit_ = 0;          // the next extent to hand to the ring
-  std::size_t next_ = 0;         // next extent to take a slot for
-  bool acquiring_ = false;       // a slot request is pending with the ring
-  std::size_t outstanding_ = 0;  // extents holding a slot (filling or writing)
-  std::size_t filled_ = 0;
-  std::size_t written_ = 0;
-  std::size_t synced_ = 0;
-  bool stopping_ = false;
-  bool done_ = false;            // the final stage (finalize or cleanup) has begun
-  bool staged_fired_ = false;
-  std::exception_ptr error_;
+  // Hands slots to extents, holds the job's error (also through fdatasync).
+  SlotEngine slots_;
+
+  std::mutex mu_;                        // taken before slots_'s own lock, never after
+  std::map<std::size_t, Filled> ready_;  // guarded by mu_; filled, waiting for earlier ones
+  std::size_t next_submit_ = 0;          // guarded by mu_; the next extent to hand to the ring
+  std::size_t filled_ = 0;               // guarded by mu_
+  std::size_t synced_ = 0;               // guarded by mu_
+  bool staged_fired_ = false;            // guarded by mu_
 };
 
 void SaveJobImpl::begin() {
@@ -116,65 +111,24 @@ void SaveJobImpl::begin() {
       }
     }
   } catch (...) {
-    fail(std::current_exception());
+    slots_.fail(std::current_exception());
   }
-  acquire_next();
+  slots_.start(extents_.size(), self());
 }
 
 void SaveJobImpl::cancel() {
-  fail(std::make_exception_ptr(
+  slots_.fail(std::make_exception_ptr(
       Error(ErrorCode::kCancelled, dir_.string(), "save cancelled before it committed")));
-  check_done();
 }
 
-// Stops the save; slots filled but held back for plan order go back at once.
-void SaveJobImpl::fail(std::exception_ptr error) {
+// The engine is stopping: slots filled but held back for plan order go back.
+void SaveJobImpl::drop_held_back() {
   std::map<std::size_t, Filled> dropped;
   {
     std::lock_guard lock(mu_);
-    if (!error_) error_ = std::move(error);
-    stopping_ = true;
     dropped.swap(ready_);
-    outstanding_ -= dropped.size();
   }
-  for (const auto& [e, f] : dropped) engine_.ring().release(f.slot);
-}
-
-void SaveJobImpl::acquire_next() {
-  bool more;
-  {
-    std::lock_guard lock(mu_);
-    more = !stopping_ && next_ < extents_.size();
-    acquiring_ = more;
-  }
-  if (!more) {
-    check_done();
-    return;
-  }
-  engine_.ring().async_acquire([self = self()](unsigned slot) { self->on_slot(slot); });
-}
-
-// Runs on whichever thread freed the slot: only bookkeeping, real work posted.
-void SaveJobImpl::on_slot(unsigned slot) {
-  std::size_t e;
-  {
-    std::lock_guard lock(mu_);
-    acquiring_ = false;
-    if (stopping_) {
-      e = extents_.size();
-    } else {
-      e = next_++;
-      ++outstanding_;
-    }
-  }
-  if (e == extents_.size()) {
-    engine_.ring().release(slot);
-    check_done();
-    return;
-  }
-  auto& pool = engine_.staging_pool();
-  boost::asio::post(pool, [self = self(), e, slot] { self->fill(e, slot); });
-  boost::asio::post(pool, [self = self()] { self->acquire_next(); });
+  for (const auto& [e, f] : dropped) slots_.end_extent(e, f.slot);
 }
 
 const ItemData& SaveJobImpl::resolved(std::size_t item) {
@@ -228,31 +182,23 @@ void SaveJobImpl::fill_extent(const Extent& x, std::byte* dst) {
   checksums_[x.file][x.index] = sum.digest();
 }
 
+// On a staging thread, as the engine's start hook: an exception ends the
+// extent with that error.
 void SaveJobImpl::fill(std::size_t e, unsigned slot) {
   const Extent& x = extents_[e];
   std::byte* dst = engine_.ring().slot_data(slot);
   const std::size_t length = x.hi - x.lo;
   std::size_t write_length = length;
-  bool filled_all = false;
-  try {
-    if (stopping()) throw std::runtime_error("stopping");
-    fill_extent(x, dst);
-    if (files_[x.file].direct()) {
-      // O_DIRECT writes whole 4 KiB blocks: pad the tail, truncate later.
-      write_length = round_up(length, kAlignment);
-      std::memset(dst + length, 0, write_length - length);
-    }
+  fill_extent(x, dst);
+  if (files_[x.file].direct()) {
+    // O_DIRECT writes whole 4 KiB blocks: pad the tail, truncate later.
+    write_length = round_up(length, kAlignment);
+    std::memset(dst + length, 0, write_length - length);
+  }
+  bool filled_all;
+  {
     std::lock_guard lock(mu_);
     filled_all = ++filled_ == extents_.size();
-  } catch (...) {
-    if (!stopping()) fail(std::current_exception());
-    engine_.ring().release(slot);
-    {
-      std::lock_guard lock(mu_);
-      --outstanding_;
-    }
-    check_done();
-    return;
   }
   if (filled_all) fire_staged(nullptr);
   submit_in_order(e, slot, write_length);
@@ -265,8 +211,8 @@ void SaveJobImpl::submit_in_order(std::size_t e, unsigned slot, std::size_t writ
   bool dropped = false;
   {
     std::lock_guard lock(mu_);
-    if (stopping_) {
-      --outstanding_;
+    // Checked under mu_: drop_held_back() empties ready_ after stopping is set.
+    if (slots_.stopping()) {
       dropped = true;
     } else {
       ready_.emplace(e, Filled{slot, write_length});
@@ -278,38 +224,33 @@ void SaveJobImpl::submit_in_order(std::size_t e, unsigned slot, std::size_t writ
     }
   }
   if (dropped) {
-    engine_.ring().release(slot);
-    check_done();
+    slots_.end_extent(e, slot);
     return;
   }
   for (const auto& [k, f] : batch) {
     const Extent& x = extents_[k];
-    engine_.uring().write(files_[x.file].fd(), f.slot, engine_.ring().slot_data(f.slot), f.length,
-                          x.lo, [self = self(), k, f](std::int64_t result) {
-                            self->on_written(k, f.slot, f.length, result);
-                          });
+    slots_.run(k, f.slot, [&] {
+      engine_.uring().write(files_[x.file].fd(), f.slot, engine_.ring().slot_data(f.slot),
+                            f.length, x.lo,
+                            slots_.io_completion(k, f.slot, [this, k, f](std::int64_t result) {
+                              on_written(k, f.slot, f.length, result);
+                            }));
+    });
   }
 }
 
-// On the I/O thread.
+// On the I/O thread, wrapped by the engine: a throw ends the extent with it.
 void SaveJobImpl::on_written(std::size_t e, unsigned slot, std::size_t length,
                              std::int64_t result) {
-  engine_.ring().release(slot);
   if (result != static_cast<std::int64_t>(length)) {
     const Extent& x = extents_[e];
     std::string why = result < 0 ? std::system_category().message(static_cast<int>(-result))
                                  : "short write of " + std::to_string(result) + " bytes";
-    fail(std::make_exception_ptr(
-        Error(ErrorCode::kIo, (dir_ / layout_.files[x.file].relative_path).string(),
-              "writing extent " + std::to_string(x.index) + " at offset " +
-                  std::to_string(x.lo) + " failed: " + why)));
+    throw Error(ErrorCode::kIo, (dir_ / layout_.files[x.file].relative_path).string(),
+                "writing extent " + std::to_string(x.index) + " at offset " +
+                    std::to_string(x.lo) + " failed: " + why);
   }
-  {
-    std::lock_guard lock(mu_);
-    --outstanding_;
-    ++written_;
-  }
-  check_done();
+  slots_.end_extent(e, slot);
 }
 
 void SaveJobImpl::fire_staged(std::exception_ptr error) {
@@ -321,20 +262,12 @@ void SaveJobImpl::fire_staged(std::exception_ptr error) {
   if (callbacks_.staged) callbacks_.staged(error);
 }
 
-void SaveJobImpl::check_done() {
-  bool failed;
-  {
-    std::lock_guard lock(mu_);
-    if (done_ || acquiring_ || outstanding_ > 0) return;
-    failed = error_ != nullptr;
-    if (!failed && written_ < extents_.size()) return;  // the acquire chain goes on
-    done_ = true;
-  }
-  auto& pool = engine_.staging_pool();
-  if (failed) {
-    boost::asio::post(pool, [self = self()] { self->cleanup_and_fail(); });
+// On a staging thread, once every extent has ended.
+void SaveJobImpl::on_extents_done(std::exception_ptr error) {
+  if (error) {
+    cleanup_and_fail();
   } else {
-    boost::asio::post(pool, [self = self()] { self->finalize(); });
+    finalize();
   }
 }
 
@@ -347,43 +280,46 @@ void SaveJobImpl::finalize() {
         files_[f].truncate(layout_.files[f].size);
       }
     }
+    if (files_.empty()) {
+      deliver();
+      return;
+    }
+    for (std::size_t f = 0; f < files_.size(); ++f) {
+      engine_.uring().fdatasync(
+          files_[f].fd(),
+          slots_.io_completion([this, f](std::int64_t result) { on_synced(result, f); },
+                               [this] {
+                                 bool last;
+                                 {
+                                   std::lock_guard lock(mu_);
+                                   last = ++synced_ == files_.size();
+                                 }
+                                 if (last) {
+                                   boost::asio::post(engine_.staging_pool(),
+                                                     [self = self()] { self->deliver(); });
+                                 }
+                               }));
+    }
   } catch (...) {
-    fail(std::current_exception());
+    // Not every file got its fdatasync, so synced_ never reaches the count
+    // and deliver() never runs: the failure path is taken here, once.
+    slots_.fail(std::current_exception());
     cleanup_and_fail();
-    return;
-  }
-  if (files_.empty()) {
-    deliver();
-    return;
-  }
-  for (std::size_t f = 0; f < files_.size(); ++f) {
-    engine_.uring().fdatasync(files_[f].fd(), [self = self(), f](std::int64_t result) {
-      self->on_synced(result, f);
-    });
   }
 }
 
-// On the I/O thread.
+// On the I/O thread, wrapped by the engine: a throw fails the job.
 void SaveJobImpl::on_synced(std::int64_t result, std::size_t file) {
   if (result < 0) {
-    fail(std::make_exception_ptr(
-        Error(ErrorCode::kIo, (dir_ / layout_.files[file].relative_path).string(),
-              "fdatasync failed: " + std::system_category().message(static_cast<int>(-result)))));
+    throw Error(ErrorCode::kIo, (dir_ / layout_.files[file].relative_path).string(),
+                "fdatasync failed: " + std::system_category().message(static_cast<int>(-result)));
   }
-  bool last;
-  {
-    std::lock_guard lock(mu_);
-    last = ++synced_ == files_.size();
-  }
-  if (last) boost::asio::post(engine_.staging_pool(), [self = self()] { self->deliver(); });
 }
 
 void SaveJobImpl::deliver() {
   WriteResults results;
   try {
-    if (std::exception_ptr error = [&] { std::lock_guard lock(mu_); return error_; }()) {
-      std::rethrow_exception(error);
-    }
+    if (std::exception_ptr error = slots_.error()) std::rethrow_exception(error);
     for (auto& f : files_) f.close();
     for (std::size_t f = 0; f < layout_.files.size(); ++f) {
       const FileLayout& file = layout_.files[f];
@@ -395,7 +331,7 @@ void SaveJobImpl::deliver() {
           {file.relative_path, file.size, engine_.options().extent_size, checksums_[f]});
     }
   } catch (...) {
-    fail(std::current_exception());
+    slots_.fail(std::current_exception());
     cleanup_and_fail();
     return;
   }
@@ -404,11 +340,7 @@ void SaveJobImpl::deliver() {
 }
 
 void SaveJobImpl::cleanup_and_fail() {
-  std::exception_ptr error;
-  {
-    std::lock_guard lock(mu_);
-    error = error_;
-  }
+  const std::exception_ptr error = slots_.error();
   for (std::size_t f = 0; f < files_.size(); ++f) {
     try {
       files_[f].close();
