@@ -137,7 +137,8 @@ SavePlan sample_save_plan() {
   // Extreme dimensions, negative ones included: the payload carries, it does
   // not judge.
   plan.items.push_back({{"huge", Shape{kMin, -1}, std::numeric_limits<std::size_t>::max()},
-                        WriteItemType::SHARD, tensor({kMax, 0}, {kMax, 1}, DType::U64, {kMax, kMax}),
+                        WriteItemType::SHARD,
+                        tensor({kMax, 0}, {kMax, 1}, DType::U64, {kMax, kMax}),
                         kMaxU});
   // BYTE_IO, with and without a size; UTF-8, NUL and empty names.
   plan.items.push_back({{"step", std::nullopt, std::nullopt}, WriteItemType::BYTE_IO,
@@ -205,7 +206,8 @@ SavePlan transformer_plan(std::size_t entries) {
   SavePlan plan;
   for (std::size_t i = 0; i < entries; ++i) {
     const std::size_t part = i % std::size(kParts);
-    const Shape shape = part < 4 ? Shape{4096, 4096} : part < 7 ? Shape{11008, 4096} : Shape{1, 4096};
+    const Shape shape =
+        part < 4 ? Shape{4096, 4096} : part < 7 ? Shape{11008, 4096} : Shape{1, 4096};
     const std::string fqn =
         "model.layers." + std::to_string(i / std::size(kParts)) + "." + kParts[part] + ".weight";
     plan.items.push_back({{fqn, Shape{0, 0}, 0}, WriteItemType::TENSOR,
@@ -420,9 +422,9 @@ BOOST_AUTO_TEST_CASE(counts_are_checked_before_allocating) {
 
 BOOST_AUTO_TEST_CASE(varints_are_shortest_and_fit) {
   // Zero items written as two bytes.
-  BOOST_CHECK_EXCEPTION(
-      wire::decode_load_plan(payload(wire::Kind::kLoadPlan, std::string("\x80\x00\x00\x00", 4)), "p"),
-      Error, corrupt_with("p", "shortest form"));
+  const std::string two_byte_zero("\x80\x00\x00\x00", 4);
+  BOOST_CHECK_EXCEPTION(wire::decode_load_plan(payload(wire::Kind::kLoadPlan, two_byte_zero), "p"),
+                        Error, corrupt_with("p", "shortest form"));
   // Eleven bytes; and ten whose last carries bits past 64.
   BOOST_CHECK_EXCEPTION(
       wire::decode_load_plan(payload(wire::Kind::kLoadPlan, std::string(10, '\xff') + '\x01'), "p"),
@@ -434,9 +436,10 @@ BOOST_AUTO_TEST_CASE(varints_are_shortest_and_fit) {
 
 BOOST_AUTO_TEST_CASE(fields_are_checked) {
   // A name that claims more shared bytes than the previous name has.
+  const std::string shares_too_much("\x01\x05\x00\x00\x00\x00\x00", 7);
   BOOST_CHECK_EXCEPTION(
-      wire::decode_save_plan(payload(wire::Kind::kSavePlan, std::string("\x01\x05\x00\x00\x00\x00\x00", 7)), "p"),
-      Error, corrupt_with("p", "shares 5 bytes"));
+      wire::decode_save_plan(payload(wire::Kind::kSavePlan, shares_too_much), "p"), Error,
+      corrupt_with("p", "shares 5 bytes"));
   // Bad dtype, item type, flags, usable, status tag, error code, rank.
   const std::string item = std::string("\x01\x00\x01w\x00", 5);  // one item "w", no index flags
   auto save_plan = [&](std::string rest) {
@@ -454,9 +457,9 @@ BOOST_AUTO_TEST_CASE(fields_are_checked) {
                         corrupt_with("p", "usable flag 2"));
   BOOST_CHECK_EXCEPTION(wire::decode_status(payload(wire::Kind::kRankStatus, "\x02"), "p"), Error,
                         corrupt_with("p", "status tag 2"));
-  BOOST_CHECK_EXCEPTION(
-      wire::decode_status(payload(wire::Kind::kRankStatus, std::string("\x01\x00\x07\x00\x00", 5)), "p"),
-      Error, corrupt_with("p", "error code 7"));
+  const std::string code_7("\x01\x00\x07\x00\x00", 5);
+  BOOST_CHECK_EXCEPTION(wire::decode_status(payload(wire::Kind::kRankStatus, code_7), "p"), Error,
+                        corrupt_with("p", "error code 7"));
   BOOST_CHECK_EXCEPTION(
       wire::decode_status(
           payload(wire::Kind::kRankStatus, std::string("\x01\x80\x80\x80\x80\x08\x00\x00\x00", 9)),
@@ -487,7 +490,9 @@ class RefusingPlanner final : public DefaultSavePlanner {
  public:
   explicit RefusingPlanner(bool refuse) : refuse_(refuse) {}
   SavePlan create_local_plan() override {
-    if (refuse_) throw Error(ErrorCode::kMismatch, "model.w|x", std::string("refused!|\0 here", 15));
+    if (refuse_) {
+      throw Error(ErrorCode::kMismatch, "model.w|x", std::string("refused!|\0 here", 15));
+    }
     return DefaultSavePlanner::create_local_plan();
   }
 

@@ -1,3 +1,5 @@
+// checkpoint.cpp — ringckpt::save and load: the collective protocol over a
+// Coordinator, and its one-rank form.
 #include "ringckpt/checkpoint.hpp"
 
 #include <string_view>
@@ -33,6 +35,9 @@ std::string guarded(int rank, F&& step) {
     return wire::encode_failure({rank, e.code(), e.where(), e.message()});
   } catch (const std::exception& e) {
     return wire::encode_failure({rank, ErrorCode::kInvalidArgument, "", e.what()});
+  } catch (...) {
+    // Whatever a planner or storage throws, this rank stays in the protocol.
+    return wire::encode_failure({rank, ErrorCode::kInvalidArgument, "", "unknown exception"});
   }
 }
 
@@ -56,8 +61,8 @@ void conclude(const std::string& outcome) {
   if (s.failure) throw wire::to_error(*s.failure);
 }
 
-// REQUIRES: the global plan step produced one plan per rank (a scatter of any
-// other count fails on rank 0 alone and leaves the others waiting).
+// Throws unless the global plan step produced one plan per rank: a scatter of
+// any other count would fail on rank 0 alone and leave the others waiting.
 void check_plan_count(std::size_t plans, int world_size) {
   if (plans != static_cast<std::size_t>(world_size)) {
     throw Error(ErrorCode::kInvalidArgument, "create_global_plan",

@@ -10,18 +10,10 @@
 #include <utility>
 
 #include "format/extent_checksum.hpp"
+#include "plan/wire_primitives.hpp"
 
 namespace ringckpt::wire {
 namespace {
-
-constexpr bool dtypes_in_enum_order() {
-  for (std::size_t i = 0; i < std::size(kAllDTypes); ++i) {
-    if (static_cast<std::size_t>(kAllDTypes[i]) != i) return false;
-  }
-  return true;
-}
-static_assert(dtypes_in_enum_order(), "the wire stores a DType as its position in kAllDTypes");
-static_assert(sizeof(std::size_t) == sizeof(std::uint64_t), "index hints travel as 64 bits");
 
 // Flags of a MetadataIndex.
 constexpr std::uint8_t kIndexOffset = 1;  // offset follows
@@ -44,186 +36,10 @@ bool all_zero(const Shape& s) {
   return std::all_of(s.begin(), s.end(), [](std::int64_t d) { return d == 0; });
 }
 
-// Appends one payload. Names and file paths are each a chain: a name is stored
-// against the previous one of its chain.
-class Writer {
- public:
-  Writer(Kind kind, std::size_t reserve) {
-    out_.reserve(reserve);
-    byte(kMagic);
-    byte(kVersion);
-    byte(static_cast<std::uint8_t>(kind));
-  }
-
-  void byte(std::uint8_t b) { out_.push_back(static_cast<char>(b)); }
-  void u64(std::uint64_t v) {
-    while (v >= 0x80) {
-      byte(static_cast<std::uint8_t>(v | 0x80));
-      v >>= 7;
-    }
-    byte(static_cast<std::uint8_t>(v));
-  }
-  void i64(std::int64_t v) {
-    u64((static_cast<std::uint64_t>(v) << 1) ^ static_cast<std::uint64_t>(v >> 63));
-  }
-  void fixed64(std::uint64_t v) {
-    for (int i = 0; i < 8; ++i) byte(static_cast<std::uint8_t>(v >> (8 * i)));
-  }
-  void string(std::string_view s) {
-    u64(s.size());
-    out_.append(s);
-  }
-  void shape(const Shape& s) {
-    u64(s.size());
-    for (std::int64_t d : s) i64(d);
-  }
-  void dtype(DType t) { byte(static_cast<std::uint8_t>(t)); }
-  void fqn(std::string_view s) { chained(s, previous_fqn_); }
-  void path(std::string_view s) { chained(s, previous_path_); }
-
-  std::string take() && { return std::move(out_); }
-
- private:
-  void chained(std::string_view s, std::string& previous) {
-    const std::size_t n = std::min(s.size(), previous.size());
-    const auto diff = std::mismatch(s.begin(), s.begin() + n, previous.begin());
-    const auto shared = static_cast<std::size_t>(diff.first - s.begin());
-    u64(shared);
-    string(s.substr(shared));
-    previous.assign(s);
-  }
-
-  std::string out_;
-  std::string previous_fqn_;
-  std::string previous_path_;
-};
-
-// Reads one payload; every fault throws Error(kCorrupt, source, ...).
-class Reader {
- public:
-  Reader(std::string_view bytes, Kind kind, const std::string& source)
-      : data_(bytes), source_(source) {
-    if (data_.size() < kHeaderSize) {
-      fail("truncated: " + std::to_string(data_.size()) + " bytes, shorter than the " +
-           std::to_string(kHeaderSize) + "-byte header");
-    }
-    const std::uint8_t magic = byte();
-    if (magic != kMagic) fail("not a ringckpt wire payload (first byte " + hex(magic) + ")");
-    const std::uint8_t version = byte();
-    if (version != kVersion) {
-      fail("wire version " + std::to_string(version) + ", this build reads version " +
-           std::to_string(kVersion));
-    }
-    const std::uint8_t got = byte();
-    if (got != static_cast<std::uint8_t>(kind)) {
-      const std::string_view got_name = kind_name(static_cast<Kind>(got));
-      fail("a " + (got_name.empty() ? "kind " + std::to_string(got) : std::string(got_name)) +
-           " payload where a " + std::string(kind_name(kind)) + " was expected");
-    }
-  }
-
-  [[noreturn]] void fail(const std::string& fault) const {
-    throw Error(ErrorCode::kCorrupt, source_, fault + " (at byte " + std::to_string(pos_) + ")");
-  }
-
-  std::size_t left() const { return data_.size() - pos_; }
-
-  std::uint8_t byte() {
-    if (pos_ == data_.size()) fail("truncated");
-    return static_cast<std::uint8_t>(data_[pos_++]);
-  }
-  std::uint64_t u64() {
-    std::uint64_t v = 0;
-    for (int shift = 0;; shift += 7) {
-      const std::uint8_t b = byte();
-      if (shift == 63 && b > 1) fail("a varint overflows 64 bits");
-      v |= static_cast<std::uint64_t>(b & 0x7f) << shift;
-      if ((b & 0x80) == 0) {
-        if (b == 0 && shift > 0) fail("a varint is not in shortest form");
-        return v;
-      }
-    }
-  }
-  std::int64_t i64() {
-    const std::uint64_t z = u64();
-    return static_cast<std::int64_t>((z >> 1) ^ (~(z & 1) + 1));
-  }
-  std::uint64_t fixed64() {
-    if (left() < 8) fail("truncated");
-    std::uint64_t v = 0;
-    for (int i = 0; i < 8; ++i) v |= static_cast<std::uint64_t>(byte()) << (8 * i);
-    return v;
-  }
-  // A count of elements that take at least `min_bytes` each.
-  std::size_t count(std::size_t min_bytes, const char* what) {
-    const std::uint64_t n = u64();
-    if (n > left() / min_bytes) {
-      fail(std::string(what) + " count " + std::to_string(n) + " exceeds the " +
-           std::to_string(left()) + " bytes left");
-    }
-    return static_cast<std::size_t>(n);
-  }
-  std::string string() {
-    const std::size_t n = count(1, "string length");
-    std::string s(data_.substr(pos_, n));
-    pos_ += n;
-    return s;
-  }
-  Shape shape() {
-    Shape s(count(1, "dimension"));
-    for (std::int64_t& d : s) d = i64();
-    return s;
-  }
-  DType dtype() {
-    const std::uint8_t t = byte();
-    if (t >= std::size(kAllDTypes)) fail("dtype " + std::to_string(t) + " is not defined");
-    return kAllDTypes[t];
-  }
-  template <typename Enum>
-  Enum enumerator(Enum last, const char* what) {
-    const std::uint64_t v = u64();
-    if (v > static_cast<std::uint64_t>(last)) {
-      fail(std::string(what) + " " + std::to_string(v) + " is not defined");
-    }
-    return static_cast<Enum>(v);
-  }
-  std::string fqn() { return chained(previous_fqn_); }
-  std::string path() { return chained(previous_path_); }
-
-  // REQUIRES: the whole body has been read.
-  void finish() const {
-    if (left() != 0) fail(std::to_string(left()) + " bytes after the end of the payload");
-  }
-
- private:
-  static std::string hex(std::uint8_t b) {
-    static constexpr char kDigits[] = "0123456789abcdef";
-    return {'0', 'x', kDigits[b >> 4], kDigits[b & 0xf]};
-  }
-
-  std::string chained(std::string& previous) {
-    const std::uint64_t shared = u64();
-    if (shared > previous.size()) {
-      fail("a name shares " + std::to_string(shared) + " bytes with a previous name of " +
-           std::to_string(previous.size()));
-    }
-    std::string s = previous.substr(0, static_cast<std::size_t>(shared));
-    s += string();
-    previous = s;
-    return s;
-  }
-
-  std::string_view data_;
-  const std::string& source_;
-  std::size_t pos_ = 0;
-  std::string previous_fqn_;
-  std::string previous_path_;
-};
-
 // ---------------------------------------------------------------------------
 // Pieces shared by several payloads.
 
-void put_index(Writer& w, const MetadataIndex& index) {
+void put_index(WireWriter& w, const MetadataIndex& index) {
   w.fqn(index.fqn);
   w.byte(static_cast<std::uint8_t>((index.offset ? kIndexOffset : 0) |
                                    (index.index ? kIndexHint : 0)));
@@ -231,7 +47,7 @@ void put_index(Writer& w, const MetadataIndex& index) {
   if (index.index) w.u64(*index.index);
 }
 
-MetadataIndex get_index(Reader& r) {
+MetadataIndex get_index(WireReader& r) {
   MetadataIndex index;
   index.fqn = r.fqn();
   const std::uint8_t flags = r.byte();
@@ -241,7 +57,7 @@ MetadataIndex get_index(Reader& r) {
   return index;
 }
 
-void put_map(Writer& w, const std::map<std::string, std::string>& map) {
+void put_map(WireWriter& w, const std::map<std::string, std::string>& map) {
   w.u64(map.size());
   for (const auto& [key, value] : map) {
     w.string(key);
@@ -251,7 +67,7 @@ void put_map(Writer& w, const std::map<std::string, std::string>& map) {
 
 // Keys arrive in increasing order, as std::map holds them; a repeated or
 // out-of-order key is refused rather than silently merged.
-std::map<std::string, std::string> get_map(Reader& r, const char* what) {
+std::map<std::string, std::string> get_map(WireReader& r, const char* what) {
   std::map<std::string, std::string> map;
   const std::size_t n = r.count(2, what);
   for (std::size_t i = 0; i < n; ++i) {
@@ -265,13 +81,13 @@ std::map<std::string, std::string> get_map(Reader& r, const char* what) {
   return map;
 }
 
-void put_storage_info(Writer& w, const StorageInfo& info) {
+void put_storage_info(WireWriter& w, const StorageInfo& info) {
   w.path(info.relative_path);
   w.u64(info.offset);
   w.u64(info.length);
 }
 
-StorageInfo get_storage_info(Reader& r) {
+StorageInfo get_storage_info(WireReader& r) {
   StorageInfo info;
   info.relative_path = r.path();
   info.offset = r.u64();
@@ -279,7 +95,7 @@ StorageInfo get_storage_info(Reader& r) {
   return info;
 }
 
-void put_files(Writer& w, const std::vector<FileInfo>& files) {
+void put_files(WireWriter& w, const std::vector<FileInfo>& files) {
   w.u64(files.size());
   for (const FileInfo& f : files) {
     w.path(f.relative_path);
@@ -290,7 +106,7 @@ void put_files(Writer& w, const std::vector<FileInfo>& files) {
   }
 }
 
-std::vector<FileInfo> get_files(Reader& r) {
+std::vector<FileInfo> get_files(WireReader& r) {
   std::vector<FileInfo> files(r.count(5, "file"));
   for (FileInfo& f : files) {
     f.relative_path = r.path();
@@ -305,7 +121,7 @@ std::vector<FileInfo> get_files(Reader& r) {
 // ---------------------------------------------------------------------------
 // WriteItem: index, type, tensor flags, then what the flags do not imply.
 
-void put_write_item(Writer& w, const WriteItem& item, const Shape*& previous_sizes) {
+void put_write_item(WireWriter& w, const WriteItem& item, const Shape*& previous_sizes) {
   put_index(w, item.index);
   w.byte(static_cast<std::uint8_t>(item.type));
   if (!item.tensor_data) {
@@ -331,7 +147,7 @@ void put_write_item(Writer& w, const WriteItem& item, const Shape*& previous_siz
 }
 
 // Reads into `item` in place: previous_sizes may point into it afterwards.
-void get_write_item(Reader& r, WriteItem& item, const Shape*& previous_sizes) {
+void get_write_item(WireReader& r, WriteItem& item, const Shape*& previous_sizes) {
   item.index = get_index(r);
   item.type = static_cast<WriteItemType>(r.byte());
   if (item.type != WriteItemType::TENSOR && item.type != WriteItemType::SHARD &&
@@ -376,7 +192,7 @@ constexpr std::size_t kMinReadItem = 1 + 3 + 1 + 3 + 1 + 1;
 // ---------------------------------------------------------------------------
 // Metadata pieces.
 
-void put_storage_metadata(Writer& w, const StorageMetadata& sm) {
+void put_storage_metadata(WireWriter& w, const StorageMetadata& sm) {
   if (const auto* t = std::get_if<TensorStorageMetadata>(&sm)) {
     w.byte(0);
     w.dtype(t->properties.dtype);
@@ -391,7 +207,7 @@ void put_storage_metadata(Writer& w, const StorageMetadata& sm) {
   }
 }
 
-StorageMetadata get_storage_metadata(Reader& r) {
+StorageMetadata get_storage_metadata(WireReader& r) {
   const std::uint8_t tag = r.byte();
   if (tag == 1) return BytesStorageMetadata{};
   if (tag != 0) r.fail("storage metadata tag " + std::to_string(tag) + " is not defined");
@@ -424,7 +240,7 @@ std::string_view kind_name(Kind kind) noexcept {
 // SavePlan
 
 std::string encode(const SavePlan& plan) {
-  Writer w(Kind::kSavePlan, 64 + plan.items.size() * 40 + plan.storage_data.size());
+  WireWriter w(Kind::kSavePlan, 64 + plan.items.size() * 40 + plan.storage_data.size());
   w.u64(plan.items.size());
   const Shape* previous_sizes = nullptr;
   for (const WriteItem& item : plan.items) put_write_item(w, item, previous_sizes);
@@ -435,7 +251,7 @@ std::string encode(const SavePlan& plan) {
 }
 
 SavePlan decode_save_plan(std::string_view bytes, const std::string& source) {
-  Reader r(bytes, Kind::kSavePlan, source);
+  WireReader r(bytes, Kind::kSavePlan, source);
   SavePlan plan;
   plan.items.resize(r.count(kMinWriteItem, "write item"));
   const Shape* previous_sizes = nullptr;
@@ -459,7 +275,7 @@ std::uint64_t fingerprint(const SavePlan& plan) {
 // LoadPlan
 
 std::string encode(const LoadPlan& plan) {
-  Writer w(Kind::kLoadPlan, 64 + plan.items.size() * 48 + plan.storage_data.size());
+  WireWriter w(Kind::kLoadPlan, 64 + plan.items.size() * 48 + plan.storage_data.size());
   w.u64(plan.items.size());
   for (const ReadItem& item : plan.items) {
     w.byte(static_cast<std::uint8_t>(item.type));
@@ -475,7 +291,7 @@ std::string encode(const LoadPlan& plan) {
 }
 
 LoadPlan decode_load_plan(std::string_view bytes, const std::string& source) {
-  Reader r(bytes, Kind::kLoadPlan, source);
+  WireReader r(bytes, Kind::kLoadPlan, source);
   LoadPlan plan;
   plan.items.resize(r.count(kMinReadItem, "read item"));
   for (ReadItem& item : plan.items) {
@@ -500,7 +316,7 @@ LoadPlan decode_load_plan(std::string_view bytes, const std::string& source) {
 // WriteResults
 
 std::string encode(const WriteResults& results) {
-  Writer w(Kind::kWriteResults, 64 + results.items.size() * 32 + results.files.size() * 64);
+  WireWriter w(Kind::kWriteResults, 64 + results.items.size() * 32 + results.files.size() * 64);
   w.u64(results.items.size());
   for (const WriteResult& item : results.items) {
     put_index(w, item.index);
@@ -512,7 +328,7 @@ std::string encode(const WriteResults& results) {
 }
 
 WriteResults decode_write_results(std::string_view bytes, const std::string& source) {
-  Reader r(bytes, Kind::kWriteResults, source);
+  WireReader r(bytes, Kind::kWriteResults, source);
   WriteResults results;
   // index 3, size 1, storage info 4.
   results.items.resize(r.count(8, "write result"));
@@ -530,7 +346,7 @@ WriteResults decode_write_results(std::string_view bytes, const std::string& sou
 // Metadata
 
 std::string encode(const Metadata& metadata) {
-  Writer w(Kind::kMetadata, 64 + metadata.state_dict_metadata.size() * 48 +
+  WireWriter w(Kind::kMetadata, 64 + metadata.state_dict_metadata.size() * 48 +
                                 metadata.storage_data.size() * 32 + metadata.files.size() * 64);
   w.i64(metadata.version);
   w.u64(metadata.state_dict_metadata.size());
@@ -549,7 +365,7 @@ std::string encode(const Metadata& metadata) {
 }
 
 Metadata decode_metadata(std::string_view bytes, const std::string& source) {
-  Reader r(bytes, Kind::kMetadata, source);
+  WireReader r(bytes, Kind::kMetadata, source);
   Metadata md;
   const std::int64_t version = r.i64();
   if (version < std::numeric_limits<int>::min() || version > std::numeric_limits<int>::max()) {
@@ -586,14 +402,14 @@ Metadata decode_metadata(std::string_view bytes, const std::string& source) {
 // Rank status
 
 std::string encode_ok(std::string_view payload) {
-  Writer w(Kind::kRankStatus, kHeaderSize + 11 + payload.size());
+  WireWriter w(Kind::kRankStatus, kHeaderSize + 11 + payload.size());
   w.byte(kStatusOk);
   w.string(payload);
   return std::move(w).take();
 }
 
 std::string encode_failure(const RankError& failure) {
-  Writer w(Kind::kRankStatus, 32 + failure.where.size() + failure.message.size());
+  WireWriter w(Kind::kRankStatus, 32 + failure.where.size() + failure.message.size());
   w.byte(kStatusFailed);
   w.u64(static_cast<std::uint64_t>(failure.rank));
   w.u64(static_cast<std::uint64_t>(failure.code));
@@ -603,7 +419,7 @@ std::string encode_failure(const RankError& failure) {
 }
 
 RankStatus decode_status(std::string_view bytes, const std::string& source) {
-  Reader r(bytes, Kind::kRankStatus, source);
+  WireReader r(bytes, Kind::kRankStatus, source);
   RankStatus status;
   const std::uint8_t tag = r.byte();
   if (tag == kStatusOk) {
