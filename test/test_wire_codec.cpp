@@ -420,6 +420,31 @@ BOOST_AUTO_TEST_CASE(counts_are_checked_before_allocating) {
                         Error, corrupt_with("p", "extent checksum count"));
 }
 
+// Bytes that stand for earlier ones (a shared name prefix, a repeated shape)
+// may not make a small payload expand without bound.
+BOOST_AUTO_TEST_CASE(expansion_is_bounded) {
+  SavePlan names;  // 2,000 names of 60,000 bytes: 74 KB standing for 120 MB
+  for (int i = 0; i < 2000; ++i) {
+    names.items.push_back({{std::string(60000, 'n'), std::nullopt, std::nullopt},
+                           WriteItemType::BYTE_IO, std::nullopt, 0});
+  }
+  std::string bytes = wire::encode(names);
+  BOOST_TEST(bytes.size() < std::size_t{80} << 10);
+  BOOST_CHECK_EXCEPTION(wire::decode_save_plan(bytes, "p"), Error,
+                        corrupt_with("p", "expand past"));
+
+  SavePlan shapes;  // 200 items of the same 100,000-dimension shape
+  const Shape wide(100000, 1);
+  for (int i = 0; i < 200; ++i) {
+    shapes.items.push_back({{"w", std::nullopt, std::nullopt}, WriteItemType::TENSOR,
+                            tensor(Shape(100000, 0), wide, DType::U8, wide), 0});
+  }
+  bytes = wire::encode(shapes);
+  BOOST_TEST(bytes.size() < std::size_t{200} << 10);
+  BOOST_CHECK_EXCEPTION(wire::decode_save_plan(bytes, "p"), Error,
+                        corrupt_with("p", "expand past"));
+}
+
 BOOST_AUTO_TEST_CASE(varints_are_shortest_and_fit) {
   // Zero items written as two bytes.
   const std::string two_byte_zero("\x80\x00\x00\x00", 4);

@@ -164,19 +164,27 @@ void get_write_item(WireReader& r, WriteItem& item, const Shape*& previous_sizes
     t.properties.dtype = r.dtype();
     if (flags & kSizesAsPrevious) {
       if (!previous_sizes) r.fail("the first tensor item refers to a previous one");
+      r.expand(*previous_sizes);
       t.chunk.sizes = *previous_sizes;
     } else {
       t.chunk.sizes = r.shape();
     }
     if (flags & kOffsetsFromIndex) {
       if (!item.index.offset) r.fail("chunk offsets refer to an index without offset");
+      r.expand(*item.index.offset);
       t.chunk.offsets = *item.index.offset;
     } else if (flags & kOffsetsZero) {
+      r.expand(t.chunk.sizes);
       t.chunk.offsets.assign(t.chunk.sizes.size(), 0);
     } else {
       t.chunk.offsets = r.shape();
     }
-    t.size = (flags & kGlobalIsChunk) ? t.chunk.sizes : r.shape();
+    if (flags & kGlobalIsChunk) {
+      r.expand(t.chunk.sizes);
+      t.size = t.chunk.sizes;
+    } else {
+      t.size = r.shape();
+    }
     item.tensor_data = std::move(t);
     previous_sizes = &item.tensor_data->chunk.sizes;
   }

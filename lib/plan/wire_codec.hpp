@@ -25,11 +25,14 @@
 // shapes and dtypes of a transformer's plan take a few bytes an item.
 //
 // Decoding takes hostile input: every count and length is checked against the
-// bytes left before anything is allocated, and a truncated, overlong (a varint
-// not in shortest form, bytes after the end), wrong-magic, wrong-version or
-// wrong-kind payload throws Error(kCorrupt, source, fault), `source` naming the
-// payload and the rank it came from. Encoding is deterministic: equal values
-// give equal bytes (what fingerprint() relies on).
+// bytes left before anything is allocated; what earlier bytes stand for
+// (shared name prefixes, repeated shapes) may expand a payload at most 16-fold
+// plus 64 MiB (a plan beyond that, thousands of names of tens of KB each, is
+// refused); and a truncated, overlong (a varint not in shortest form, bytes
+// after the end), wrong-magic, wrong-version or wrong-kind payload throws
+// Error(kCorrupt, source, fault), `source` naming the payload and the rank it
+// came from. Encoding is deterministic: equal values give equal bytes (what
+// fingerprint() relies on).
 #pragma once
 
 #include <cstdint>

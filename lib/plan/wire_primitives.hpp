@@ -89,7 +89,9 @@ class WireReader {
  public:
   // Reads and checks the header: magic, version, `kind`.
   WireReader(std::string_view bytes, Kind kind, const std::string& source)
-      : data_(bytes), source_(source) {
+      : data_(bytes),
+        source_(source),
+        expansion_limit_(kExpansionFactor * bytes.size() + kExpansionFloor) {
     if (data_.size() < kHeaderSize) {
       fail("truncated: " + std::to_string(data_.size()) + " bytes, shorter than the " +
            std::to_string(kHeaderSize) + "-byte header");
@@ -174,6 +176,19 @@ class WireReader {
     }
     return static_cast<Enum>(v);
   }
+  // Accounts for `n` bytes of output that no input byte pays for: a name
+  // prefix shared with the previous name, a shape repeated from another
+  // field. Without it a small payload could stand for terabytes.
+  void expand(std::uint64_t n) {
+    expanded_ += n;
+    if (expanded_ > expansion_limit_) {
+      fail("names and shapes repeated from earlier ones expand past " +
+           std::to_string(expansion_limit_) + " bytes");
+    }
+  }
+  // expand() for a copy of `s`.
+  void expand(const Shape& s) { expand(s.size() * sizeof(std::int64_t)); }
+
   std::string fqn() { return chained(previous_fqn_); }
   std::string path() { return chained(previous_path_); }
 
@@ -194,6 +209,7 @@ class WireReader {
       fail("a name shares " + std::to_string(shared) + " bytes with a previous name of " +
            std::to_string(previous.size()));
     }
+    expand(shared);
     std::string s = previous.substr(0, static_cast<std::size_t>(shared));
     s += string();
     previous = s;
@@ -203,6 +219,11 @@ class WireReader {
   std::string_view data_;
   const std::string& source_;
   std::size_t pos_ = 0;  // next byte to read; pos_ <= data_.size()
+  // What the payload may expand to beyond its own bytes (see expand()).
+  static constexpr std::uint64_t kExpansionFactor = 16;
+  static constexpr std::uint64_t kExpansionFloor = std::uint64_t{64} << 20;
+  const std::uint64_t expansion_limit_;
+  std::uint64_t expanded_ = 0;  // <= expansion_limit_
   std::string previous_fqn_;
   std::string previous_path_;
 };
