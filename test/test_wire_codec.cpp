@@ -2,6 +2,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <limits>
 #include <string>
@@ -509,8 +510,8 @@ BOOST_AUTO_TEST_SUITE_END()
 
 // ================================================================ the protocol
 
-// Rank 1 refuses to plan: every rank throws its error, code, where and
-// message intact, naming rank 1; nothing is committed.
+// The default planner, but one that (when told to) refuses to make a local
+// plan, with separator characters and a NUL byte in its error.
 class RefusingPlanner final : public DefaultSavePlanner {
  public:
   explicit RefusingPlanner(bool refuse) : refuse_(refuse) {}
@@ -525,36 +526,72 @@ class RefusingPlanner final : public DefaultSavePlanner {
   bool refuse_;
 };
 
-BOOST_AUTO_TEST_CASE(a_rank_error_reaches_every_rank_intact, *utf::timeout(120)) {
-  ringckpt::test::TempDir dir;
-  ThreadGroup group(3);
-  std::vector<std::string> errors(3);
-  std::vector<ErrorCode> codes(3, ErrorCode::kInvalidArgument);
+// Runs fn(rank) on `world` threads, each a member of one ThreadGroup, and
+// returns what each rank's Error said ("" if it threw none).
+std::vector<std::string> errors_of_ranks(int world, const std::function<void(Coordinator&)>& fn) {
+  ThreadGroup group(world);
+  std::vector<std::string> errors(static_cast<std::size_t>(world));
   std::vector<std::thread> ranks;
-  std::vector<float> data(4, 1.0f);
-  for (int r = 0; r < 3; ++r) {
+  for (int r = 0; r < world; ++r) {
     ranks.emplace_back([&, r] {
-      StateDict sd;
-      sd.add("model.w", TensorView{data.data(), DType::F32, {4}});
-      RefusingPlanner planner(r == 1);
-      SaveOptions o;
-      o.io = ringckpt::test::small_io();
-      o.planner = &planner;
-      o.coordinator = &group.member(r);
       try {
-        save(sd, dir.path(), o);
+        fn(group.member(r));
       } catch (const Error& e) {
-        codes[r] = e.code();
-        errors[r] = e.where() + "#" + e.message();
+        errors[r] = std::string(to_string(e.code())) + "#" + e.where() + "#" + e.message();
       }
     });
   }
   for (auto& t : ranks) t.join();
+  return errors;
+}
+
+// Rank 1 refuses to plan: every rank throws its error, code, where and
+// message intact, naming rank 1; nothing is committed.
+BOOST_AUTO_TEST_CASE(a_rank_error_reaches_every_rank_intact, *utf::timeout(120)) {
+  ringckpt::test::TempDir dir;
+  std::vector<float> data(4, 1.0f);
+  const auto errors = errors_of_ranks(3, [&](Coordinator& c) {
+    StateDict sd;
+    sd.add("model.w", TensorView{data.data(), DType::F32, {4}});
+    RefusingPlanner planner(c.rank() == 1);
+    SaveOptions o;
+    o.io = ringckpt::test::small_io();
+    o.planner = &planner;
+    o.coordinator = &c;
+    save(sd, dir.path(), o);
+  });
   for (int r = 0; r < 3; ++r) {
     BOOST_TEST_CONTEXT("rank " << r) {
-      BOOST_TEST((codes[r] == ErrorCode::kMismatch));
-      BOOST_TEST(errors[r] == std::string("model.w|x#refused!|\0 here (on rank 1)", 37));
+      BOOST_TEST(errors[r] == std::string("mismatch#model.w|x#refused!|\0 here (on rank 1)", 46));
     }
   }
   BOOST_TEST(!std::filesystem::exists(dir.path() / "metadata.json"));
+}
+
+// The same for load: rank 1 asks for a key the checkpoint does not hold.
+BOOST_AUTO_TEST_CASE(a_load_error_reaches_every_rank_intact, *utf::timeout(120)) {
+  ringckpt::test::TempDir dir;
+  std::vector<float> data(4, 1.0f);
+  {
+    StateDict sd;
+    sd.add("model.w", TensorView{data.data(), DType::F32, {4}});
+    SaveOptions o;
+    o.io = ringckpt::test::small_io();
+    save(sd, dir.path(), o);
+  }
+  const auto errors = errors_of_ranks(2, [&](Coordinator& c) {
+    std::vector<float> back(4, 0.0f);
+    StateDict sd;
+    sd.add("model.w", TensorView{back.data(), DType::F32, {4}});
+    if (c.rank() == 1) sd.add("model.nope", TensorView{back.data(), DType::F32, {4}});
+    LoadOptions o;
+    o.io = ringckpt::test::small_io();
+    o.coordinator = &c;
+    load(sd, dir.path(), o);
+  });
+  for (int r = 0; r < 2; ++r) {
+    BOOST_TEST_CONTEXT("rank " << r) {
+      BOOST_TEST(errors[r] == "not found#model.nope#missing from the checkpoint (on rank 1)");
+    }
+  }
 }
