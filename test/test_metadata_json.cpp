@@ -149,19 +149,6 @@ BOOST_AUTO_TEST_CASE(the_checksum_is_judged_before_the_fields) {
                         corrupt_with({"checksum mismatch", "not the last member"}));
 }
 
-BOOST_AUTO_TEST_CASE(payload_reads_as_the_file_does_but_for_checksum_and_version) {
-  Metadata md = small_metadata();
-  md.version = 5;
-  const Metadata back = decode_metadata_payload(encode_metadata_payload(md));
-  BOOST_TEST(back.version == 5);
-  check_equal(back, md);
-  BOOST_CHECK_EXCEPTION(decode_metadata_payload(R"({"version": 1, "files": 3})"), Error,
-                        [](const Error& e) {
-                          return e.where() == "metadata payload" &&
-                                 e.message().find("files is 3, not an array") != std::string::npos;
-                        });
-}
-
 // encode_metadata(md, results) writes what add_results records: results in
 // any order, an entry that updates one already there (which keeps its own
 // index hint), and an index given twice (the first gives the key, the last

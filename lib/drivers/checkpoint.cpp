@@ -1,9 +1,10 @@
+// checkpoint.cpp — ringckpt::save and load: the collective protocol over a
+// Coordinator, and its one-rank form.
 #include "ringckpt/checkpoint.hpp"
 
-#include <charconv>
+#include <string_view>
 
-#include "io/data_file.hpp"
-#include "format/metadata_json.hpp"
+#include "plan/wire_codec.hpp"
 #include "ringckpt/default_planner.hpp"
 #include "ringckpt/error.hpp"
 #include "ringckpt/filesystem.hpp"
@@ -11,40 +12,62 @@
 namespace ringckpt {
 namespace {
 
-// A step of a collective protocol: "+payload" on success, "!code|where|message"
-// on failure, so that a fault on any rank reaches every rank intact.
+// Every payload of the protocol travels as a wire::RankStatus: OK with the
+// step's encoded result, or the failure of the rank that raised it. A failure
+// is passed on unchanged from step to step, so that the error every rank
+// finally throws names the rank that failed and keeps its code, where and
+// message.
+
+// A failure another rank reported, on its way to being passed on as is.
+struct Relayed {
+  std::string status;
+};
+
+// One step of the protocol on `rank`: the payload `step` returns in an OK
+// status, or what it raised as this rank's failure (or a Relayed one as is).
 template <typename F>
-std::string guarded(F&& step) {
+std::string guarded(int rank, F&& step) {
   try {
-    return "+" + step();
+    return wire::encode_ok(step());
+  } catch (const Relayed& relayed) {
+    return relayed.status;
   } catch (const Error& e) {
-    return "!" + std::to_string(static_cast<int>(e.code())) + "|" + e.where() + "|" + e.message();
+    return wire::encode_failure({rank, e.code(), e.where(), e.message()});
   } catch (const std::exception& e) {
-    return "!" + std::to_string(static_cast<int>(ErrorCode::kInvalidArgument)) + "||" + e.what();
+    return wire::encode_failure({rank, ErrorCode::kInvalidArgument, "", e.what()});
+  } catch (...) {
+    // Whatever a planner or storage throws, this rank stays in the protocol.
+    return wire::encode_failure({rank, ErrorCode::kInvalidArgument, "", "unknown exception"});
   }
 }
 
-bool failed(const std::string& status) { return !status.empty() && status[0] == '!'; }
-
-[[noreturn]] void rethrow(const std::string& status) {
-  const std::size_t a = status.find('|');
-  const std::size_t b = status.find('|', a + 1);
-  int code = 0;
-  std::from_chars(status.data() + 1, status.data() + a, code);
-  throw Error(static_cast<ErrorCode>(code), status.substr(a + 1, b - a - 1), status.substr(b + 1));
+std::string from(std::string_view what, int rank) {
+  return std::string(what) + " from rank " + std::to_string(rank);
 }
 
-std::string payload(const std::string& status) {
-  if (failed(status)) rethrow(status);
-  return status.substr(1);
+// The payload of a status another rank sent; `source` names it in errors.
+// A failure it carries is thrown as Relayed.
+// REQUIRES: called inside guarded(), which catches Relayed.
+std::string payload(std::string status, const std::string& source) {
+  wire::RankStatus s = wire::decode_status(status, source);
+  if (s.failure) throw Relayed{std::move(status)};
+  return std::move(s.payload);
 }
 
-// The first failure among gathered statuses, or "".
-std::string first_failure(const std::vector<std::string>& statuses) {
-  for (const auto& s : statuses) {
-    if (failed(s)) return s;
+// The end of the protocol on every rank: throws the failure that rank 0
+// broadcast, if any.
+void conclude(const std::string& outcome) {
+  const wire::RankStatus s = wire::decode_status(outcome, "outcome from rank 0");
+  if (s.failure) throw wire::to_error(*s.failure);
+}
+
+// Throws unless the global plan step produced one plan per rank: a scatter of
+// any other count would fail on rank 0 alone and leave the others waiting.
+void check_plan_count(std::size_t plans, int world_size) {
+  if (plans != static_cast<std::size_t>(world_size)) {
+    throw Error(ErrorCode::kInvalidArgument, "create_global_plan",
+                std::to_string(plans) + " plans for " + std::to_string(world_size) + " ranks");
   }
-  return {};
 }
 
 // One rank: the same protocol, without carrying plans through a Coordinator.
@@ -87,63 +110,70 @@ Metadata save(const StateDict& state_dict, StorageWriter& writer, SavePlanner* p
   SavePlanner& p = planner ? *planner : default_planner;
   if (c.world_size() == 1) return save_single(state_dict, writer, p);
   const bool is_coordinator = c.is_coordinator();
+  const int rank = c.rank();
 
   // 1. Local plans, gathered at the coordinator.
-  std::vector<std::string> locals = c.gather(guarded([&] {
+  std::vector<std::string> locals = c.gather(guarded(rank, [&] {
     p.set_up_planner(state_dict, is_coordinator);
-    writer.set_up_storage_writer(is_coordinator, c.rank());
-    return encode_save_plan(writer.prepare_local_plan(p.create_local_plan()));
+    writer.set_up_storage_writer(is_coordinator, rank);
+    return wire::encode(writer.prepare_local_plan(p.create_local_plan()));
   }));
 
   // 2. The global plan, scattered back.
   Metadata metadata;
   std::vector<std::string> centrals;
   if (is_coordinator) {
-    std::string failure = first_failure(locals);
-    std::string status = failure;
-    if (failure.empty()) {
-      std::vector<SavePlan> globals;
-      status = guarded([&] {
-        std::vector<SavePlan> plans;
-        for (const auto& s : locals) plans.push_back(decode_save_plan(payload(s)));
-        auto [planned, md] = p.create_global_plan(std::move(plans));
-        globals = writer.prepare_global_plan(std::move(planned));
-        metadata = std::move(md);
-        return std::string();
-      });
-      if (!failed(status)) {
-        for (const auto& g : globals) centrals.push_back("+" + encode_save_plan(g));
+    std::vector<SavePlan> globals;
+    bool planned = false;
+    const std::string status = guarded(rank, [&] {
+      std::vector<SavePlan> plans;
+      for (int r = 0; r < static_cast<int>(locals.size()); ++r) {
+        std::string bytes = payload(std::move(locals[r]), from("local plan status", r));
+        plans.push_back(wire::decode_save_plan(bytes, from("local save plan", r)));
       }
+      auto [planned_plans, md] = p.create_global_plan(std::move(plans));
+      globals = writer.prepare_global_plan(std::move(planned_plans));
+      check_plan_count(globals.size(), c.world_size());
+      metadata = std::move(md);
+      planned = true;
+      return std::string();
+    });
+    if (planned) {
+      for (const auto& g : globals) centrals.push_back(wire::encode_ok(wire::encode(g)));
+    } else {
+      centrals.assign(static_cast<std::size_t>(c.world_size()), status);
     }
-    if (failed(status)) centrals.assign(static_cast<std::size_t>(c.world_size()), status);
   }
   const std::string central = c.scatter(std::move(centrals));
 
   // 3. Every rank writes its part; results gathered at the coordinator.
   SavePlan final_plan;
-  std::vector<std::string> results = c.gather(guarded([&] {
-    final_plan = p.finish_plan(decode_save_plan(payload(central)));
-    return encode_write_results(writer.write_data(final_plan, p));
+  std::vector<std::string> results = c.gather(guarded(rank, [&] {
+    final_plan = p.finish_plan(wire::decode_save_plan(
+        payload(central, from("global plan status", 0)), from("global save plan", 0)));
+    return wire::encode(writer.write_data(final_plan, p));
   }));
 
   // 4. The coordinator commits; every rank learns the outcome.
   std::string outcome;
   if (is_coordinator) {
-    outcome = first_failure(results);
-    if (outcome.empty()) {
-      outcome = guarded([&] {
-        std::vector<WriteResults> all;
-        for (const auto& r : results) all.push_back(decode_write_results(payload(r)));
-        writer.finish(metadata, all);
-        add_results(metadata, all);
-        return std::string();
-      });
-    }
+    outcome = guarded(rank, [&] {
+      std::vector<WriteResults> all;
+      for (int r = 0; r < static_cast<int>(results.size()); ++r) {
+        all.push_back(wire::decode_write_results(
+            payload(std::move(results[r]), from("write status", r)), from("write results", r)));
+      }
+      writer.finish(metadata, all);
+      add_results(metadata, all);
+      return std::string();
+    });
   }
   outcome = c.broadcast(std::move(outcome));
-  if (failed(outcome)) {
+  try {
+    conclude(outcome);
+  } catch (...) {
     writer.abort();
-    rethrow(outcome);
+    throw;
   }
   return is_coordinator ? metadata : Metadata{};
 }
@@ -159,42 +189,59 @@ void load(StateDict& state_dict, StorageReader& reader, LoadPlanner* planner,
     return;
   }
   const bool is_coordinator = c.is_coordinator();
+  const int rank = c.rank();
 
+  // 1. Local plans, gathered at the coordinator.
   Metadata metadata;
-  std::vector<std::string> locals = c.gather(guarded([&] {
+  std::vector<std::string> locals = c.gather(guarded(rank, [&] {
     metadata = reader.read_metadata();
     p.set_up_planner(state_dict, metadata, is_coordinator);
     reader.set_up_storage_reader(metadata, is_coordinator);
-    return encode_load_plan(reader.prepare_local_plan(p.create_local_plan()));
+    return wire::encode(reader.prepare_local_plan(p.create_local_plan()));
   }));
 
+  // 2. The global plan, scattered back.
   std::vector<std::string> centrals;
   if (is_coordinator) {
-    std::string status = first_failure(locals);
-    if (status.empty()) {
-      std::vector<LoadPlan> globals;
-      status = guarded([&] {
-        std::vector<LoadPlan> plans;
-        for (const auto& s : locals) plans.push_back(decode_load_plan(payload(s)));
-        globals = reader.prepare_global_plan(p.create_global_plan(std::move(plans)));
-        return std::string();
-      });
-      if (!failed(status)) {
-        for (const auto& g : globals) centrals.push_back("+" + encode_load_plan(g));
+    std::vector<LoadPlan> globals;
+    bool planned = false;
+    const std::string status = guarded(rank, [&] {
+      std::vector<LoadPlan> plans;
+      for (int r = 0; r < static_cast<int>(locals.size()); ++r) {
+        std::string bytes = payload(std::move(locals[r]), from("local plan status", r));
+        plans.push_back(wire::decode_load_plan(bytes, from("local load plan", r)));
       }
+      globals = reader.prepare_global_plan(p.create_global_plan(std::move(plans)));
+      check_plan_count(globals.size(), c.world_size());
+      planned = true;
+      return std::string();
+    });
+    if (planned) {
+      for (const auto& g : globals) centrals.push_back(wire::encode_ok(wire::encode(g)));
+    } else {
+      centrals.assign(static_cast<std::size_t>(c.world_size()), status);
     }
-    if (failed(status)) centrals.assign(static_cast<std::size_t>(c.world_size()), status);
   }
   const std::string central = c.scatter(std::move(centrals));
 
-  std::vector<std::string> statuses = c.gather(guarded([&] {
-    reader.read_data(p.finish_plan(decode_load_plan(payload(central))), p);
+  // 3. Every rank reads its part; the coordinator gathers how it went and
+  // every rank learns the outcome.
+  std::vector<std::string> statuses = c.gather(guarded(rank, [&] {
+    LoadPlan plan = wire::decode_load_plan(payload(central, from("global plan status", 0)),
+                                           from("global load plan", 0));
+    reader.read_data(p.finish_plan(std::move(plan)), p);
     return std::string();
   }));
-  std::string outcome = is_coordinator ? first_failure(statuses) : std::string();
-  if (is_coordinator && outcome.empty()) outcome = "+";
-  outcome = c.broadcast(std::move(outcome));
-  if (failed(outcome)) rethrow(outcome);
+  std::string outcome;
+  if (is_coordinator) {
+    outcome = guarded(rank, [&] {
+      for (int r = 0; r < static_cast<int>(statuses.size()); ++r) {
+        payload(std::move(statuses[r]), from("read status", r));
+      }
+      return std::string();
+    });
+  }
+  conclude(c.broadcast(std::move(outcome)));
 }
 
 Metadata save(const StateDict& state_dict, const std::filesystem::path& dir,

@@ -1,4 +1,4 @@
-// metadata_decoder.cpp — metadata.json (and the metadata payload) decoded in
+// metadata_decoder.cpp — metadata.json decoded in
 // one streaming pass over Boost.JSON's parser events (its SAX interface),
 // without building a DOM: memory stays near the size of the result.
 //
@@ -76,20 +76,11 @@ void check_file_root(const MetadataHandler& h, std::string_view text, const std:
   }
 }
 
-void check_payload_root(const MetadataHandler& h, const std::string& where) {
-  if (!h.root_is_object) corrupt(where, "the payload is not an object");
-  if (!h.has_version) corrupt(where, "missing field 'version'");
-  if (!h.version || *h.version < std::numeric_limits<int>::min() ||
-      *h.version > std::numeric_limits<int>::max()) {
-    corrupt(where, "version is " + h.version_text + ", not an integer");
-  }
-}
-
 }  // namespace
 
 namespace detail {
 
-Metadata decode_metadata_text(std::string_view text, const std::string& where, MetadataText kind) {
+Metadata decode_metadata_text(std::string_view text, const std::string& where) {
   json::parse_options options;
   options.allow_invalid_utf8 = true;  // names are bytes to us; keep what was written
   json::basic_parser<MetadataHandler> parser(options);
@@ -99,11 +90,7 @@ Metadata decode_metadata_text(std::string_view text, const std::string& where, M
     corrupt(where, "not valid JSON (" + ec.message() + " near byte " + std::to_string(consumed) + ")");
   }
   MetadataHandler& h = parser.handler();
-  if (kind == MetadataText::file) {
-    check_file_root(h, text, where);
-  } else {
-    check_payload_root(h, where);
-  }
+  check_file_root(h, text, where);
   if (h.fault) corrupt(where, std::move(*h.fault));
   h.md.version = static_cast<int>(*h.version);
   return std::move(h.md);
@@ -112,7 +99,7 @@ Metadata decode_metadata_text(std::string_view text, const std::string& where, M
 }  // namespace detail
 
 Metadata decode_metadata(std::string_view text, const std::string& file) {
-  Metadata md = detail::decode_metadata_text(text, file, detail::MetadataText::file);
+  Metadata md = detail::decode_metadata_text(text, file);
   detail::check_metadata(md, file);
   return md;
 }

@@ -1,7 +1,6 @@
 // lib/format/metadata_document.hpp — the metadata document as Boost.JSON
 // builds it and as the streaming decoder reads it: shared by metadata.json
-// (metadata_encoder.cpp, metadata_decoder.cpp) and the metadata payload that
-// crosses ranks (payload_json.cpp).
+// (metadata_encoder.cpp, metadata_decoder.cpp).
 #pragma once
 
 #include <boost/json.hpp>
@@ -25,17 +24,10 @@ inline std::size_t metadata_arena_bytes(std::size_t text_bytes) { return 4 * tex
 // {"format","version","state_dict_metadata","storage_data","files","planner_data"}.
 boost::json::object metadata_document(const Metadata& metadata, const JsonStorage& sp);
 
-// What a metadata document is read as.
-enum class MetadataText {
-  file,    // metadata.json: "format" must be "ringckpt", "version" this build's,
-           // "checksum" present, last and right
-  payload  // metadata between ranks of one job: no checksum, any version
-};
-
 // Decodes a metadata document in one streaming pass (no DOM: memory stays
 // near the size of the result), checking the type and range of every field.
 // Throws Error(kCorrupt, where, fault) naming the field at fault. Checks of
 // meaning (check_metadata) are the caller's.
-Metadata decode_metadata_text(std::string_view text, const std::string& where, MetadataText kind);
+Metadata decode_metadata_text(std::string_view text, const std::string& where);
 
 }  // namespace ringckpt::detail

@@ -9,8 +9,6 @@
 
 #include "ringckpt/metadata.hpp"
 #include "ringckpt/plan.hpp"
-// The payloads that cross ranks, for the callers that find them here.
-#include "format/payload_json.hpp"
 
 namespace ringckpt {
 

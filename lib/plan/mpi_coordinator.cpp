@@ -1,3 +1,5 @@
+// mpi_coordinator.cpp — Coordinator over MPI. Payloads are binary (NUL bytes
+// included): they travel as MPI_BYTE with explicit counts, never as C strings.
 #include "ringckpt/mpi.hpp"
 
 #include <limits>
@@ -48,8 +50,8 @@ std::vector<std::string> MpiCoordinator::gather(std::string payload) {
     displs = displacements(counts);
     all.resize(static_cast<std::size_t>(displs.back()) + counts.back());
   }
-  check(MPI_Gatherv(payload.data(), mine, MPI_CHAR, all.data(), counts.data(), displs.data(),
-                    MPI_CHAR, 0, comm_),
+  check(MPI_Gatherv(payload.data(), mine, MPI_BYTE, all.data(), counts.data(), displs.data(),
+                    MPI_BYTE, 0, comm_),
         "MPI_Gatherv");
   std::vector<std::string> out;
   for (int r = 0; r < static_cast<int>(counts.size()); ++r) out.push_back(all.substr(displs[r], counts[r]));
@@ -73,8 +75,8 @@ std::string MpiCoordinator::scatter(std::vector<std::string> payloads) {
   int mine = 0;
   check(MPI_Scatter(counts.data(), 1, MPI_INT, &mine, 1, MPI_INT, 0, comm_), "MPI_Scatter");
   std::string out(static_cast<std::size_t>(mine), '\0');
-  check(MPI_Scatterv(all.data(), counts.data(), displs.data(), MPI_CHAR, out.data(), mine,
-                     MPI_CHAR, 0, comm_),
+  check(MPI_Scatterv(all.data(), counts.data(), displs.data(), MPI_BYTE, out.data(), mine,
+                     MPI_BYTE, 0, comm_),
         "MPI_Scatterv");
   return out;
 }
@@ -83,7 +85,7 @@ std::string MpiCoordinator::broadcast(std::string payload) {
   int n = rank_ == 0 ? count_of(payload.size()) : 0;
   check(MPI_Bcast(&n, 1, MPI_INT, 0, comm_), "MPI_Bcast");
   payload.resize(static_cast<std::size_t>(n));
-  check(MPI_Bcast(payload.data(), n, MPI_CHAR, 0, comm_), "MPI_Bcast");
+  check(MPI_Bcast(payload.data(), n, MPI_BYTE, 0, comm_), "MPI_Bcast");
   return payload;
 }
 
