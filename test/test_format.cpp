@@ -138,27 +138,6 @@ json::object sample_document() {
   return parse_lenient(encode_metadata(sample_metadata())).as_object();
 }
 
-void check_same(const WriteItem& a, const WriteItem& b) {
-  check_same_index(a.index, b.index);
-  BOOST_TEST((a.type == b.type));
-  BOOST_TEST_REQUIRE(a.tensor_data.has_value() == b.tensor_data.has_value());
-  if (a.tensor_data) {
-    BOOST_TEST((a.tensor_data->chunk == b.tensor_data->chunk));
-    BOOST_TEST((a.tensor_data->properties == b.tensor_data->properties));
-    BOOST_TEST(a.tensor_data->size == b.tensor_data->size);
-  }
-  BOOST_TEST(a.bytes_io_size == b.bytes_io_size);
-}
-
-void check_same(const ReadItem& a, const ReadItem& b) {
-  BOOST_TEST((a.type == b.type));
-  check_same_index(a.dest_index, b.dest_index);
-  BOOST_TEST(a.dest_offsets == b.dest_offsets);
-  check_same_index(a.storage_index, b.storage_index);
-  BOOST_TEST(a.storage_offsets == b.storage_offsets);
-  BOOST_TEST(a.lengths == b.lengths);
-}
-
 }  // namespace
 
 // ================================================================ checksums
