@@ -1,4 +1,4 @@
-// lib/extent_checksum.hpp — XXH3-64 of an extent, computed as it is staged.
+// lib/format/extent_checksum.hpp — XXH3-64 of an extent, computed as it is staged.
 #pragma once
 
 #include <cstddef>

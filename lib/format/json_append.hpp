@@ -1,4 +1,4 @@
-// lib/json_append.hpp — Boost.JSON serialization straight onto a string.
+// lib/format/json_append.hpp — Boost.JSON serialization straight onto a string.
 #pragma once
 
 #include <boost/json.hpp>

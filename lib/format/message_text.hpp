@@ -1,4 +1,4 @@
-// lib/message_text.hpp — how error messages quote names and print shapes.
+// lib/format/message_text.hpp — how error messages quote names and print shapes.
 #pragma once
 
 #include <string>

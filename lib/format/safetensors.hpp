@@ -1,4 +1,4 @@
-// lib/safetensors.hpp — the header of a data file, in the safetensors format.
+// lib/format/safetensors.hpp — the header of a data file, in the safetensors format.
 //
 // A data file is: 8-byte little-endian N, N bytes of JSON (padded with spaces
 // so that 8 + N is a multiple of kAlignment), then the tensors back to back.

@@ -1,4 +1,4 @@
-// lib/data_file.hpp — opening, sizing and syncing the files of a checkpoint.
+// lib/io/data_file.hpp — opening, sizing and syncing the files of a checkpoint.
 #pragma once
 
 #include <cstdint>

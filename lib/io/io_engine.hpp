@@ -1,4 +1,4 @@
-// lib/io_engine.hpp — the long-lived resources every save and load borrows:
+// lib/io/io_engine.hpp — the long-lived resources every save and load borrows:
 // the staging ring, the io_uring and its I/O thread, the staging threads.
 //
 // Jobs hold a plain reference: whoever owns the engine (a Checkpointer, a

@@ -1,4 +1,4 @@
-// lib/staging_ring.hpp — the ring of aligned buffers that staging fills and
+// lib/io/staging_ring.hpp — the ring of aligned buffers that staging fills and
 // the I/O thread drains.
 //
 // All slots are allocated, pre-faulted and (by UringQueue) registered once, at

@@ -1,4 +1,4 @@
-// lib/uring_queue.hpp — one io_uring and the I/O thread that owns it.
+// lib/io/uring_queue.hpp — one io_uring and the I/O thread that owns it.
 //
 // Any thread may queue an operation; only the I/O thread touches the ring. It
 // keeps up to queue_depth operations in flight, resubmits the rest of a short

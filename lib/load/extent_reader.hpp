@@ -1,4 +1,4 @@
-// lib/extent_reader.hpp — the read side: whole extents from disk, each
+// lib/load/extent_reader.hpp — the read side: whole extents from disk, each
 // verified against its XXH3 before any of its bytes are delivered.
 #pragma once
 

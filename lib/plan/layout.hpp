@@ -1,4 +1,4 @@
-// lib/layout.hpp — where every byte of a finished SavePlan goes.
+// lib/plan/layout.hpp — where every byte of a finished SavePlan goes.
 //
 // The layout is a pure function of the plan: data file names, each file's
 // safetensors header, and each item's byte range. It is fixed before staging

@@ -1,4 +1,4 @@
-// lib/save_job.hpp — one save of one rank, through the staging ring and
+// lib/save/save_job.hpp — one save of one rank, through the staging ring and
 // io_uring: stage (copy + XXH3 per extent) -> write -> fdatasync.
 //
 // The job walks the extents of its files in plan order, taking one ring slot
