@@ -147,7 +147,8 @@ class Checkpointer {
   explicit Checkpointer(CheckpointerOptions options = {});
   // Cancels saves not yet committed, waits for every thread to stop and for
   // every pending plain callback to have run; handlers bound to an executor
-  // have been posted to it.
+  // have been posted to it. REQUIRES: not called from a plain callback (it
+  // waits for the completion thread that callback runs on).
   ~Checkpointer();
   Checkpointer(const Checkpointer&) = delete;
   Checkpointer& operator=(const Checkpointer&) = delete;
