@@ -293,31 +293,8 @@ BOOST_AUTO_TEST_CASE(fault_in_a_second_data_file_names_it) {
 // the same mount stays loadable; a 4 MiB save fails with kIo naming the data
 // file and ENOSPC, commits nothing and leaves nothing behind.
 
-namespace {
-
-class TmpfsMount {
- public:
-  explicit TmpfsMount(const char* options) {
-    mounted_ = ::mount("tmpfs", dir_.path().c_str(), "tmpfs", 0, options) == 0;
-    if (!mounted_) error_ = std::strerror(errno);
-  }
-  ~TmpfsMount() {
-    if (mounted_) ::umount2(dir_.path().c_str(), MNT_DETACH);
-  }
-  bool mounted() const { return mounted_; }
-  const std::string& error() const { return error_; }
-  const fs::path& path() const { return dir_.path(); }
-
- private:
-  TempDir dir_;
-  bool mounted_ = false;
-  std::string error_;
-};
-
-}  // namespace
-
 BOOST_AUTO_TEST_CASE(full_disk) {
-  TmpfsMount mnt("size=1m");
+  TmpfsMount mnt(1 << 20);
   if (!mnt.mounted()) {
     BOOST_TEST_MESSAGE("cannot mount a 1 MiB tmpfs here (" << mnt.error()
                                                            << "): the full-disk case is skipped");

@@ -62,6 +62,42 @@ struct AsyncSaveOptions {
 using CompletionSignature = void(std::exception_ptr);
 using AnyCompletionHandler = boost::asio::any_completion_handler<CompletionSignature>;
 
+// The completion contract (every handler given to async_wait_staged,
+// async_wait_committed, async_save(..., token) and async_load), after Asio's
+// rules for asynchronous operations:
+//  - No handler runs while a ringckpt lock is held, and none runs inside the
+//    initiating call, even when the operation has already completed: it is
+//    posted.
+//  - A handler with an associated executor (asio::bind_executor, a
+//    coroutine's) runs on that executor. A plain callback (and use_future's
+//    promise, or its function) runs on the Checkpointer's completion thread,
+//    which is neither the caller's, the control thread (planning of
+//    lazy/bounded saves, commits), a staging thread nor the I/O thread: a
+//    callback may call async_save, save, load, cancel or the async waits, and
+//    may block on save(), load() or a SaveHandle's futures. As on any
+//    one-thread executor, it must not block on a handler that needs the
+//    thread it occupies (the use_future of another ringckpt operation).
+//    (After ~Checkpointer, a wait on a finished save runs a plain callback on
+//    Asio's system executor.)
+//  - While a handler is pending, outstanding work is counted on its associated
+//    executor (an io_context::run() does not return before it has run).
+//  - async_save(..., token) starts the save inside its initiation: with
+//    asio::deferred, nothing is planned or written until the deferred
+//    operation is invoked.
+//  - Every failure of a save (planning, staging, writing, commit, cancel,
+//    ~Checkpointer) ends it through one path: both completions report the
+//    error (those not yet delivered), no waiter is left hanging.
+//  - async_load runs on a load thread of its own: it never delays a commit.
+//
+// Where planning runs and where its errors arrive, per staging mode:
+//  - snapshot: on the calling thread, inside async_save (which then waits for
+//    staged). async_save(dir) throws the planning error; async_save(...,
+//    token) delivers it to the handler.
+//  - lazy, bounded: on the control thread, after async_save has returned; a
+//    planning error arrives through both completions (and the token).
+
+class SaveCompletions;  // the state of one save's completions; defined in lib/
+
 // The two completions of one save. Both deliver failure as an exception (an
 // ringckpt::Error); a save that fails or is cancelled leaves no checkpoint.
 class SaveHandle {
@@ -72,7 +108,8 @@ class SaveHandle {
   std::shared_future<void> committed;
 
   // Stops the save unless it has already committed; then both completions
-  // (those not yet delivered) report Error(kCancelled).
+  // (those not yet delivered) report Error(kCancelled). Safe from any thread,
+  // from a handler, and after the Checkpointer is destroyed (then a no-op).
   void cancel();
 
   // Asio-style waits: the token chooses futures, callbacks or coroutines
@@ -93,35 +130,44 @@ class SaveHandle {
         token);
   }
 
-  struct State;
-  explicit SaveHandle(std::shared_ptr<State> state);
   SaveHandle() = default;
 
  private:
-  static void when_staged(const std::shared_ptr<State>& state, AnyCompletionHandler handler);
-  static void when_committed(const std::shared_ptr<State>& state, AnyCompletionHandler handler);
-  std::shared_ptr<State> state_;
+  friend class Checkpointer;
+  explicit SaveHandle(std::shared_ptr<SaveCompletions> state);
+  static void when_staged(const std::shared_ptr<SaveCompletions>& state,
+                          AnyCompletionHandler handler);
+  static void when_committed(const std::shared_ptr<SaveCompletions>& state,
+                             AnyCompletionHandler handler);
+  std::shared_ptr<SaveCompletions> state_;
 };
 
 class Checkpointer {
  public:
   explicit Checkpointer(CheckpointerOptions options = {});
-  // Cancels saves not yet committed and waits for every thread to stop.
+  // Cancels saves not yet committed, waits for every thread to stop and for
+  // every pending plain callback to have run; handlers bound to an executor
+  // have been posted to it. REQUIRES: not called from a plain callback (it
+  // waits for the completion thread that callback runs on).
   ~Checkpointer();
   Checkpointer(const Checkpointer&) = delete;
   Checkpointer& operator=(const Checkpointer&) = delete;
 
-  // Plans the save on the calling thread and returns; saves from any number
-  // of threads are queued and run one after another, in the order asked.
+  // Queues the save and returns (a snapshot save once staged); saves from any
+  // number of threads run one after another, in the order asked.
   SaveHandle async_save(const StateDict& state_dict, std::filesystem::path dir,
                         AsyncSaveOptions options = {});
 
-  // The same, with the committed completion delivered through `token`.
+  // The same, with the committed completion delivered through `token`; the
+  // save starts when the initiation runs (see the contract above).
   template <typename CompletionToken>
   auto async_save(const StateDict& state_dict, std::filesystem::path dir,
                   AsyncSaveOptions options, CompletionToken&& token) {
-    SaveHandle handle = async_save(state_dict, std::move(dir), options);
-    return handle.async_wait_committed(std::forward<CompletionToken>(token));
+    return boost::asio::async_initiate<CompletionToken, CompletionSignature>(
+        [this, &state_dict, dir = std::move(dir), options](AnyCompletionHandler handler) {
+          start_save(state_dict, dir, options, std::move(handler));
+        },
+        token);
   }
 
   // Blocks until committed; returns the committed metadata.
@@ -132,7 +178,7 @@ class Checkpointer {
   void load(StateDict& state_dict, const std::filesystem::path& dir,
             LoadPlanner* planner = nullptr);
 
-  // Loads on a background thread; the token gets void(std::exception_ptr).
+  // Loads on the load thread; the token gets void(std::exception_ptr).
   // state_dict (and planner) must outlive the operation.
   template <typename CompletionToken>
   auto async_load(StateDict& state_dict, std::filesystem::path dir, LoadPlanner* planner,
@@ -148,10 +194,12 @@ class Checkpointer {
   IoReport report() const;
 
  private:
+  void start_save(const StateDict& state_dict, std::filesystem::path dir,
+                  const AsyncSaveOptions& options, AnyCompletionHandler handler);
   void start_load(StateDict& state_dict, std::filesystem::path dir, LoadPlanner* planner,
                   AnyCompletionHandler handler);
   struct Impl;
-  std::unique_ptr<Impl> impl_;
+  std::shared_ptr<Impl> impl_;  // shared so that a SaveHandle's cancel can tell it is gone
 };
 
 }  // namespace ringckpt

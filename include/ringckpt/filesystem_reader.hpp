@@ -12,14 +12,11 @@
 
 namespace ringckpt {
 
-namespace detail {
-class IoEngine;  // ring + io_uring + staging threads; shared by writer, reader, Checkpointer
-}
+class SharedEngineReader;  // lib/load: readers on an engine another owner shares
 
 class FileSystemReader final : public StorageReader {
  public:
   explicit FileSystemReader(std::filesystem::path dir, IoOptions io = {});
-  FileSystemReader(std::filesystem::path dir, std::shared_ptr<detail::IoEngine> engine);
   ~FileSystemReader() override;
 
   void reset(const std::filesystem::path& checkpoint_id) override;
@@ -32,7 +29,9 @@ class FileSystemReader final : public StorageReader {
   IoReport report() const;
 
  private:
+  friend class SharedEngineReader;
   struct Impl;
+  explicit FileSystemReader(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -14,17 +14,11 @@
 
 namespace ringckpt {
 
-namespace detail {
-class IoEngine;  // ring + io_uring + staging threads; shared by writer, reader, Checkpointer
-}
-
 class FileSystemWriter final : public StorageWriter {
  public:
   // overwrite: replace a checkpoint already in `dir` (its metadata.json is
   // removed before the first byte is written); otherwise saving there fails.
   explicit FileSystemWriter(std::filesystem::path dir, IoOptions io = {}, bool overwrite = false);
-  FileSystemWriter(std::filesystem::path dir, std::shared_ptr<detail::IoEngine> engine,
-                   bool overwrite);
   ~FileSystemWriter() override;
 
   void reset(const std::filesystem::path& checkpoint_id) override;

@@ -1,7 +1,5 @@
 #include "ringckpt/checkpointer.hpp"
 
-#include <boost/asio/append.hpp>
-#include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 
@@ -9,132 +7,47 @@
 #include <deque>
 #include <mutex>
 
+#include "drivers/save_completions.hpp"
 #include "io/io_engine.hpp"
-#include "plan/layout.hpp"
+#include "load/shared_engine_reader.hpp"
 #include "ringckpt/checkpoint.hpp"
 #include "ringckpt/default_planner.hpp"
 #include "ringckpt/error.hpp"
-#include "ringckpt/filesystem.hpp"
-#include "save/save_job.hpp"
+#include "save/rank_writer.hpp"
 
 namespace ringckpt {
 
 // ------------------------------------------------------------- SaveHandle
 
-struct SaveHandle::State {
-  std::promise<void> staged_promise;
-  std::promise<void> committed_promise;
-  std::shared_future<void> staged = staged_promise.get_future().share();
-  std::shared_future<void> committed = committed_promise.get_future().share();
-
-  std::mutex mu;
-  bool staged_done = false;       // guarded by mu
-  bool committed_done = false;    // guarded by mu
-  std::exception_ptr staged_error;
-  std::exception_ptr committed_error;
-  std::vector<AnyCompletionHandler> staged_waiters;     // guarded by mu
-  std::vector<AnyCompletionHandler> committed_waiters;  // guarded by mu
-  std::function<void()> cancel;                         // guarded by mu
-
-  // Each completes once; later calls are ignored.
-  void complete_staged(std::exception_ptr error);
-  void complete_committed(std::exception_ptr error);
-};
-
-namespace {
-
-// Runs the handler through its associated executor; a handler without one
-// (a plain callback) runs on the ringckpt thread that completed the save.
-void deliver(AnyCompletionHandler handler, std::exception_ptr error) {
-  boost::asio::dispatch(boost::asio::append(std::move(handler), error));
-}
-
-std::exception_ptr cancelled(const std::filesystem::path& dir) {
-  return std::make_exception_ptr(
-      Error(ErrorCode::kCancelled, dir.string(), "save cancelled before it committed"));
-}
-
-}  // namespace
-
-void SaveHandle::State::complete_staged(std::exception_ptr error) {
-  std::vector<AnyCompletionHandler> waiters;
-  {
-    std::lock_guard lock(mu);
-    if (staged_done) return;
-    staged_done = true;
-    staged_error = error;
-    waiters.swap(staged_waiters);
-  }
-  if (error) {
-    staged_promise.set_exception(error);
-  } else {
-    staged_promise.set_value();
-  }
-  for (auto& w : waiters) deliver(std::move(w), error);
-}
-
-void SaveHandle::State::complete_committed(std::exception_ptr error) {
-  complete_staged(error);  // a save that ends before staging ends both
-  std::vector<AnyCompletionHandler> waiters;
-  {
-    std::lock_guard lock(mu);
-    if (committed_done) return;
-    committed_done = true;
-    committed_error = error;
-    waiters.swap(committed_waiters);
-    cancel = nullptr;
-  }
-  if (error) {
-    committed_promise.set_exception(error);
-  } else {
-    committed_promise.set_value();
-  }
-  for (auto& w : waiters) deliver(std::move(w), error);
-}
-
-SaveHandle::SaveHandle(std::shared_ptr<State> state)
-    : staged(state->staged), committed(state->committed), state_(std::move(state)) {}
+SaveHandle::SaveHandle(std::shared_ptr<SaveCompletions> state)
+    : staged(state->staged()), committed(state->committed()), state_(std::move(state)) {}
 
 void SaveHandle::cancel() {
-  if (!state_) return;
-  std::function<void()> fn;
-  {
-    std::lock_guard lock(state_->mu);
-    fn = state_->cancel;
-  }
-  if (fn) fn();
+  if (state_) state_->cancel();
 }
 
-void SaveHandle::when_staged(const std::shared_ptr<State>& state, AnyCompletionHandler handler) {
-  std::unique_lock lock(state->mu);
-  if (!state->staged_done) {
-    state->staged_waiters.push_back(std::move(handler));
-    return;
-  }
-  std::exception_ptr error = state->staged_error;
-  lock.unlock();
-  deliver(std::move(handler), error);
+void SaveHandle::when_staged(const std::shared_ptr<SaveCompletions>& state,
+                             AnyCompletionHandler handler) {
+  state->when_staged(std::move(handler));
 }
 
-void SaveHandle::when_committed(const std::shared_ptr<State>& state,
+void SaveHandle::when_committed(const std::shared_ptr<SaveCompletions>& state,
                                 AnyCompletionHandler handler) {
-  std::unique_lock lock(state->mu);
-  if (!state->committed_done) {
-    state->committed_waiters.push_back(std::move(handler));
-    return;
-  }
-  std::exception_ptr error = state->committed_error;
-  lock.unlock();
-  deliver(std::move(handler), error);
+  state->when_committed(std::move(handler));
 }
 
 // ----------------------------------------------------------- Checkpointer
 
 namespace {
 
+std::exception_ptr cancelled(const std::filesystem::path& dir) {
+  return std::make_exception_ptr(
+      Error(ErrorCode::kCancelled, dir.string(), "save cancelled before it committed"));
+}
+
 // Everything one save needs until it has committed or failed.
 struct SaveTask {
-  std::shared_ptr<SaveHandle::State> state;
+  std::shared_ptr<SaveCompletions> completions;
   const StateDict* state_dict = nullptr;
   AsyncSaveOptions options;
   StagingMode mode = StagingMode::lazy;
@@ -143,19 +56,27 @@ struct SaveTask {
   std::filesystem::path dir;
   std::unique_ptr<DefaultSavePlanner> own_planner;
   SavePlanner* planner = nullptr;
-  std::unique_ptr<FileSystemWriter> writer;
+  std::unique_ptr<detail::RankWriter> writer;
   SavePlan plan;
   Metadata metadata;
-  SaveLayout layout;
-  std::shared_ptr<detail::SaveJob> job;  // set once started
+  std::shared_ptr<detail::SaveJob> job;  // guarded by Impl::mu; set once started
 };
 
 }  // namespace
 
+// Threads: the control thread plans lazy and bounded saves, starts jobs and
+// commits; the load thread runs async_load; the engine's staging and I/O
+// threads run the jobs; the poster's completion thread runs plain callbacks.
+// ~Checkpointer joins them all, so they may hold a plain Impl*; only a
+// SaveHandle's cancel hook, which may outlive the Checkpointer, holds a
+// weak_ptr.
 struct Checkpointer::Impl {
   CheckpointerOptions options;
   std::shared_ptr<detail::IoEngine> engine;
-  boost::asio::thread_pool control{1};  // loads and commits, off the staging threads
+  std::shared_ptr<CompletionPoster> poster = std::make_shared<CompletionPoster>();
+  std::weak_ptr<Impl> self;
+  boost::asio::thread_pool control{1};
+  boost::asio::thread_pool loads{1};
 
   std::mutex mu;
   std::condition_variable idle;
@@ -166,13 +87,14 @@ struct Checkpointer::Impl {
   std::shared_ptr<SaveTask> submit(const StateDict& sd, std::filesystem::path dir,
                                    const AsyncSaveOptions& o);
   void plan(SaveTask& task);
-  void enqueue(std::shared_ptr<SaveTask> task);
+  void enqueue(const std::shared_ptr<SaveTask>& task);
   void start(std::shared_ptr<SaveTask> task);
   void run(const std::shared_ptr<SaveTask>& task);
   void on_written(const std::shared_ptr<SaveTask>& task, std::exception_ptr error,
                   WriteResults results);
-  void finished(const std::shared_ptr<SaveTask>& task);
+  void end(const std::shared_ptr<SaveTask>& task, std::exception_ptr error);
   void cancel(const std::shared_ptr<SaveTask>& task);
+  void close();
 };
 
 // Runs the planner protocol for one rank and lays the files out; checks that
@@ -185,21 +107,21 @@ void Checkpointer::Impl::plan(SaveTask& task) {
     task.planner = task.own_planner.get();
   }
   SavePlanner& planner = *task.planner;
-  task.writer = std::make_unique<FileSystemWriter>(task.dir, engine, task.options.overwrite);
+  task.writer = std::make_unique<detail::RankWriter>(task.dir, engine, task.options.overwrite);
   planner.set_up_planner(*task.state_dict, true);
-  task.writer->set_up_storage_writer(true, 0);
+  task.writer->set_up(true);
   std::vector<SavePlan> local;
-  local.push_back(task.writer->prepare_local_plan(planner.create_local_plan()));
+  local.push_back(planner.create_local_plan());
   auto [plans, metadata] = planner.create_global_plan(std::move(local));
-  plans = task.writer->prepare_global_plan(std::move(plans));
+  plans.at(0).storage_data = detail::RankWriter::data_prefix(0);
   task.plan = planner.finish_plan(std::move(plans.at(0)));
   task.metadata = std::move(metadata);
-  task.layout = plan_layout(task.plan, task.plan.storage_data, options.io.max_file_bytes);
   task.planned = true;
 
+  const SaveLayout& layout = task.writer->lay_out(task.plan, task.plan.storage_data);
   const std::uint64_t extent = engine->ring().slot_bytes();
   std::uint64_t extents = 0;
-  for (const auto& f : task.layout.files) extents += (f.size + extent - 1) / extent;
+  for (const auto& f : layout.files) extents += (f.size + extent - 1) / extent;
   if (extents <= engine->ring().slot_count()) return;
   if (task.mode == StagingMode::snapshot) {
     throw Error(ErrorCode::kInvalidArgument, task.dir.string(),
@@ -214,27 +136,30 @@ void Checkpointer::Impl::plan(SaveTask& task) {
   }
 }
 
-void Checkpointer::Impl::enqueue(std::shared_ptr<SaveTask> task) {
-  std::weak_ptr<SaveTask> weak = task;
-  {
-    std::lock_guard lock(task->state->mu);
-    task->state->cancel = [this, weak] {
-      if (auto t = weak.lock()) cancel(t);
-    };
-  }
+void Checkpointer::Impl::enqueue(const std::shared_ptr<SaveTask>& task) {
+  std::weak_ptr<SaveTask> weak_task = task;
+  task->completions->set_cancel([weak_impl = self, weak_task] {
+    std::shared_ptr<Impl> impl = weak_impl.lock();  // none once ~Checkpointer has returned
+    std::shared_ptr<SaveTask> t = weak_task.lock();
+    if (impl && t) impl->cancel(t);
+  });
+  bool refused = false;
   {
     std::lock_guard lock(mu);
     if (closing) {
-      task->state->complete_committed(cancelled(task->dir));
+      refused = true;
+    } else if (running) {
+      queue.push_back(task);
       return;
+    } else {
+      running = task;
     }
-    if (running) {
-      queue.push_back(std::move(task));
-      return;
-    }
-    running = task;
   }
-  start(std::move(task));
+  if (refused) {
+    task->completions->complete_committed(cancelled(task->dir));
+    return;
+  }
+  start(task);
 }
 
 // Plans (unless done already) and starts the job on the control thread, so
@@ -244,27 +169,33 @@ void Checkpointer::Impl::start(std::shared_ptr<SaveTask> task) {
 }
 
 void Checkpointer::Impl::run(const std::shared_ptr<SaveTask>& task) {
+  std::shared_ptr<detail::SaveJob> job;
   try {
     {
       std::lock_guard lock(mu);
       if (task->cancelled) std::rethrow_exception(cancelled(task->dir));
     }
     if (!task->planned) plan(*task);
+    auto completions = task->completions;
+    job = task->writer->start(
+        task->plan, *task->planner,
+        {.staged = [completions](std::exception_ptr error) {
+           completions->complete_staged(error);
+         },
+         .written = [this, task](std::exception_ptr error, WriteResults results) {
+           // Commit off the staging and I/O threads.
+           try {
+             boost::asio::post(control, [this, task, error, r = std::move(results)]() mutable {
+               on_written(task, error, std::move(r));
+             });
+           } catch (...) {
+             end(task, std::current_exception());
+           }
+         }});
   } catch (...) {
-    task->state->complete_committed(std::current_exception());
-    finished(task);
+    end(task, std::current_exception());
     return;
   }
-  auto state = task->state;
-  auto job = detail::SaveJob::start(
-      *engine, task->dir, task->plan, *task->planner, task->layout,
-      {.staged = [state](std::exception_ptr error) { state->complete_staged(error); },
-       .written = [this, task](std::exception_ptr error, WriteResults results) {
-         // Commit off the staging and I/O threads.
-         boost::asio::post(control, [this, task, error, r = std::move(results)]() mutable {
-           on_written(task, error, std::move(r));
-         });
-       }});
   bool cancel_now;
   {
     std::lock_guard lock(mu);
@@ -276,7 +207,6 @@ void Checkpointer::Impl::run(const std::shared_ptr<SaveTask>& task) {
 
 void Checkpointer::Impl::on_written(const std::shared_ptr<SaveTask>& task,
                                     std::exception_ptr error, WriteResults results) {
-  const bool wrote = !error;
   if (!error) {
     std::lock_guard lock(mu);
     if (task->cancelled) error = cancelled(task->dir);  // cancel() came after the job's end
@@ -284,25 +214,20 @@ void Checkpointer::Impl::on_written(const std::shared_ptr<SaveTask>& task,
   if (!error) {
     try {
       std::vector<WriteResults> all{std::move(results)};
-      task->writer->finish(task->metadata, all);
+      task->writer->commit(task->metadata, all);
       add_results(task->metadata, all);
     } catch (...) {
       error = std::current_exception();
     }
   }
-  if (error && wrote) {
-    // The job wrote these files; FileSystemWriter::abort() knows only those
-    // of its own write_data, so it would leave them.
-    for (const auto& f : task->layout.files) {
-      std::error_code ignored;
-      std::filesystem::remove(task->dir / f.relative_path, ignored);
-    }
-  }
-  task->state->complete_committed(error);
-  finished(task);
+  if (error) task->writer->abort();
+  end(task, error);
 }
 
-void Checkpointer::Impl::finished(const std::shared_ptr<SaveTask>& task) {
+// The one way a save ends: its completions fire (outside mu), and the next
+// queued save starts.
+void Checkpointer::Impl::end(const std::shared_ptr<SaveTask>& task, std::exception_ptr error) {
+  task->completions->complete_committed(error);
   std::shared_ptr<SaveTask> next;
   {
     std::lock_guard lock(mu);
@@ -318,14 +243,14 @@ void Checkpointer::Impl::finished(const std::shared_ptr<SaveTask>& task) {
 
 void Checkpointer::Impl::cancel(const std::shared_ptr<SaveTask>& task) {
   std::shared_ptr<detail::SaveJob> job;
+  bool was_queued = false;
   {
     std::lock_guard lock(mu);
     for (auto it = queue.begin(); it != queue.end(); ++it) {
       if (*it == task) {
         queue.erase(it);
-        task->state->complete_committed(cancelled(task->dir));
-        idle.notify_all();
-        return;
+        was_queued = true;
+        break;
       }
     }
     if (running == task) {
@@ -333,44 +258,52 @@ void Checkpointer::Impl::cancel(const std::shared_ptr<SaveTask>& task) {
       task->cancelled = true;  // seen by run() if the job has not started yet
     }
   }
+  if (was_queued) task->completions->complete_committed(cancelled(task->dir));
   if (job) job->cancel();
 }
 
-Checkpointer::Checkpointer(CheckpointerOptions options) : impl_(std::make_unique<Impl>()) {
+// Cancels what has not committed, then stops every thread; plain callbacks
+// posted by then have run when it returns.
+void Checkpointer::Impl::close() {
+  std::deque<std::shared_ptr<SaveTask>> queued;
+  std::shared_ptr<detail::SaveJob> job;
+  {
+    std::lock_guard lock(mu);
+    closing = true;
+    queued.swap(queue);
+    if (running) {
+      job = running->job;
+      running->cancelled = true;
+    }
+  }
+  for (auto& t : queued) t->completions->complete_committed(cancelled(t->dir));
+  if (job) job->cancel();
+  {
+    std::unique_lock lock(mu);
+    idle.wait(lock, [&] { return !running; });
+  }
+  control.join();
+  loads.join();
+  // A staging thread may still be inside post(control, ...) (signalling its
+  // condition variable after the handler already ran): let it return before
+  // control is destroyed.
+  engine->staging_pool().join();
+  poster->close();
+}
+
+Checkpointer::Checkpointer(CheckpointerOptions options) : impl_(std::make_shared<Impl>()) {
+  impl_->self = impl_;
   impl_->options = std::move(options);
   impl_->engine = std::make_shared<detail::IoEngine>(impl_->options.io);
 }
 
-Checkpointer::~Checkpointer() {
-  std::deque<std::shared_ptr<SaveTask>> queued;
-  std::shared_ptr<detail::SaveJob> job;
-  {
-    std::lock_guard lock(impl_->mu);
-    impl_->closing = true;
-    queued.swap(impl_->queue);
-    if (impl_->running) {
-      job = impl_->running->job;
-      impl_->running->cancelled = true;
-    }
-  }
-  for (auto& t : queued) t->state->complete_committed(cancelled(t->dir));
-  if (job) job->cancel();
-  {
-    std::unique_lock lock(impl_->mu);
-    impl_->idle.wait(lock, [&] { return !impl_->running; });
-  }
-  impl_->control.join();
-  // A staging thread may still be inside post(control, ...) (signalling its
-  // condition variable after the handler already ran): let it return before
-  // control is destroyed.
-  impl_->engine->staging_pool().join();
-}
+Checkpointer::~Checkpointer() { impl_->close(); }
 
 std::shared_ptr<SaveTask> Checkpointer::Impl::submit(const StateDict& state_dict,
                                                       std::filesystem::path dir,
                                                       const AsyncSaveOptions& o) {
   auto task = std::make_shared<SaveTask>();
-  task->state = std::make_shared<SaveHandle::State>();
+  task->completions = std::make_shared<SaveCompletions>(poster);
   task->state_dict = &state_dict;
   task->options = o;
   task->mode = o.mode.value_or(options.default_mode);
@@ -379,39 +312,63 @@ std::shared_ptr<SaveTask> Checkpointer::Impl::submit(const StateDict& state_dict
   // that does not fit the ring is refused at once.
   if (task->mode == StagingMode::snapshot) plan(*task);
   enqueue(task);
-  if (task->mode == StagingMode::snapshot) task->state->staged.wait();
+  if (task->mode == StagingMode::snapshot) task->completions->staged().wait();
   return task;
 }
 
 SaveHandle Checkpointer::async_save(const StateDict& state_dict, std::filesystem::path dir,
                                     AsyncSaveOptions options) {
-  return SaveHandle(impl_->submit(state_dict, std::move(dir), options)->state);
+  return SaveHandle(impl_->submit(state_dict, std::move(dir), options)->completions);
+}
+
+void Checkpointer::start_save(const StateDict& state_dict, std::filesystem::path dir,
+                              const AsyncSaveOptions& options, AnyCompletionHandler handler) {
+  std::shared_ptr<SaveTask> task;
+  try {
+    task = impl_->submit(state_dict, std::move(dir), options);
+  } catch (...) {
+    impl_->poster->post(std::move(handler), std::current_exception());  // snapshot planning
+    return;
+  }
+  task->completions->when_committed(std::move(handler));
 }
 
 Metadata Checkpointer::save(const StateDict& state_dict, const std::filesystem::path& dir,
                             AsyncSaveOptions options) {
   std::shared_ptr<SaveTask> task = impl_->submit(state_dict, dir, options);
-  task->state->committed.get();
+  task->completions->committed().get();
   return task->metadata;  // with storage_data and files, as committed
 }
 
 void Checkpointer::load(StateDict& state_dict, const std::filesystem::path& dir,
                         LoadPlanner* planner) {
-  FileSystemReader reader(dir, impl_->engine);
-  ringckpt::load(state_dict, reader, planner);
+  std::unique_ptr<FileSystemReader> reader = SharedEngineReader::open(dir, impl_->engine);
+  ringckpt::load(state_dict, *reader, planner);
 }
 
 void Checkpointer::start_load(StateDict& state_dict, std::filesystem::path dir,
                               LoadPlanner* planner, AnyCompletionHandler handler) {
-  boost::asio::post(impl_->control, [this, &state_dict, dir = std::move(dir), planner,
-                                     h = std::move(handler)]() mutable {
+  Impl& m = *impl_;
+  PendingHandler pending(std::move(handler));
+  std::unique_lock lock(m.mu);
+  if (m.closing) {
+    lock.unlock();
+    m.poster->post(std::move(pending.handler),
+                   std::make_exception_ptr(Error(ErrorCode::kCancelled, dir.string(),
+                                                 "load asked of a closing Checkpointer")));
+    return;
+  }
+  // Posted under mu, so that close() (which sets closing under mu first) joins
+  // the load thread only after it.
+  boost::asio::post(m.loads, [this, &state_dict, dir = std::move(dir), planner,
+                              p = std::move(pending)]() mutable {
     std::exception_ptr error;
     try {
       load(state_dict, dir, planner);
     } catch (...) {
       error = std::current_exception();
     }
-    deliver(std::move(h), error);
+    impl_->poster->post(std::move(p.handler), error);
   });
 }
 

@@ -12,6 +12,7 @@
 #include "format/tensor_geometry.hpp"
 #include "load/extent_reader.hpp"
 #include "load/read_index.hpp"
+#include "load/shared_engine_reader.hpp"
 #include "ringckpt/error.hpp"
 
 namespace ringckpt {
@@ -62,12 +63,16 @@ FileSystemReader::FileSystemReader(std::filesystem::path dir, IoOptions io)
   impl_->io = std::move(io);
 }
 
-FileSystemReader::FileSystemReader(std::filesystem::path dir, std::shared_ptr<IoEngine> engine)
-    : impl_(std::make_unique<Impl>()) {
-  impl_->dir = std::move(dir);
-  impl_->io = engine->options();
-  impl_->engine = std::move(engine);
-  impl_->shared_engine = true;
+FileSystemReader::FileSystemReader(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+std::unique_ptr<FileSystemReader> SharedEngineReader::open(std::filesystem::path dir,
+                                                           std::shared_ptr<IoEngine> engine) {
+  auto impl = std::make_unique<FileSystemReader::Impl>();
+  impl->dir = std::move(dir);
+  impl->io = engine->options();
+  impl->engine = std::move(engine);
+  impl->shared_engine = true;
+  return std::unique_ptr<FileSystemReader>(new FileSystemReader(std::move(impl)));
 }
 
 FileSystemReader::~FileSystemReader() = default;
