@@ -45,6 +45,25 @@ Reentry reenter(Checkpointer& ckpt, Model& m, const fs::path& base, const fs::pa
     r.nested = ckpt.async_save(m.sd(), root / (tag + "-async"));
     r.cancelled = ckpt.async_save(m.sd(), root / (tag + "-cancelled"));
     r.cancelled.cancel();
+    // Blocking on the use_future of another operation: a save, then a wait
+    // on a save that has already committed.
+    std::future<void> tokened = ckpt.async_save(m.sd(), root / (tag + "-token"), {}, asio::use_future);
+    if (tokened.wait_for(60s) != std::future_status::ready) {
+      r.failure = tag + ": a use_future save in a handler never completed";
+      return r;
+    }
+    tokened.get();
+    SaveHandle done = ckpt.async_save(m.sd(), root / (tag + "-done"));
+    if (done.committed.wait_for(60s) != std::future_status::ready) {
+      r.failure = tag + ": a save in a handler never committed";
+      return r;
+    }
+    std::future<void> again = done.async_wait_committed(asio::use_future);
+    if (again.wait_for(60s) != std::future_status::ready) {
+      r.failure = tag + ": use_future on a committed save never completed";
+      return r;
+    }
+    again.get();
   } catch (const std::exception& e) {
     r.failure = tag + ": " + e.what();
   }
@@ -59,6 +78,8 @@ void check(const Reentry& r, const fs::path& root, const std::string& tag) {
   BOOST_CHECK_NO_THROW(r.nested.committed.get());
   BOOST_TEST(verify(root / (tag + "-sync")).ok());
   BOOST_TEST(verify(root / (tag + "-async")).ok());
+  BOOST_TEST(verify(root / (tag + "-token")).ok());
+  BOOST_TEST(verify(root / (tag + "-done")).ok());
   BOOST_TEST_REQUIRE(ready_within(r.cancelled.committed, 60s), tag << ": cancelled save hung");
   try {
     r.cancelled.committed.get();

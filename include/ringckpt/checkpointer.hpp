@@ -69,14 +69,15 @@ using AnyCompletionHandler = boost::asio::any_completion_handler<CompletionSigna
 //    initiating call, even when the operation has already completed: it is
 //    posted.
 //  - A handler with an associated executor (asio::bind_executor, a
-//    coroutine's) runs on that executor. A plain callback (and use_future's
-//    promise, or its function) runs on the Checkpointer's completion thread,
-//    which is neither the caller's, the control thread (planning of
-//    lazy/bounded saves, commits), a staging thread nor the I/O thread: a
-//    callback may call async_save, save, load, cancel or the async waits, and
-//    may block on save(), load() or a SaveHandle's futures. As on any
-//    one-thread executor, it must not block on a handler that needs the
-//    thread it occupies (the use_future of another ringckpt operation).
+//    coroutine's, use_future's) runs on that executor; use_future's promise
+//    is set on Asio's system executor. A plain callback runs on the
+//    Checkpointer's completion thread, which is neither the caller's, the
+//    control thread (planning of lazy/bounded saves, commits), a staging
+//    thread nor the I/O thread: a callback may call async_save, save, load,
+//    cancel or the async waits, and may block on save(), load(), a
+//    SaveHandle's futures or the use_future of another operation. (A
+//    callback that blocks on another plain callback delays it: they share
+//    the completion thread.)
 //    (After ~Checkpointer, a wait on a finished save runs a plain callback on
 //    Asio's system executor.)
 //  - While a handler is pending, outstanding work is counted on its associated

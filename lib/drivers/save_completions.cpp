@@ -12,14 +12,20 @@ namespace ringckpt {
 // ------------------------------------------------------ CompletionPoster
 
 void CompletionPoster::post(AnyCompletionHandler handler, std::exception_ptr error) {
+  const auto own = thread_.get_executor();
+  const auto ex = boost::asio::get_associated_executor(handler, own);
+  const auto* target = ex.target<decltype(own)>();
+  const bool plain = target != nullptr && *target == own;
   auto bound = boost::asio::append(std::move(handler), error);
   std::lock_guard lock(mu_);
-  if (!closed_) {
-    // A plain callback runs on thread_; one with an executor of its own is
-    // dispatched to it from thread_ (work counted meanwhile).
+  if (plain && !closed_) {
     boost::asio::post(thread_, std::move(bound));
     return;
   }
+  // A handler with an executor of its own is handed to it from Asio's system
+  // executor, never through thread_: a plain callback that blocks thread_ on
+  // this operation's future (use_future's promise executor runs inline) must
+  // not wait for itself. After close(), plain callbacks take the same path.
   boost::asio::post(boost::asio::system_executor(), std::move(bound));
 }
 
