@@ -3,6 +3,7 @@
 #include <boost/asio/post.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -37,7 +38,7 @@ class SaveJobImpl final : public SaveJob, public std::enable_shared_from_this<Sa
         layout_(std::move(layout)),
         callbacks_(std::move(callbacks)),
         resolved_(plan.items.size()),
-        resolve_once_(std::make_unique<std::once_flag[]>(plan.items.size())),
+        is_resolved_(std::make_unique<std::atomic<bool>[]>(plan.items.size())),
         slots_(engine.ring(), engine.staging_pool().get_executor(),
                {.start = [this](std::size_t e, unsigned slot) { fill(e, slot); },
                 .stopping = [this] { drop_held_back(); },
@@ -71,8 +72,13 @@ class SaveJobImpl final : public SaveJob, public std::enable_shared_from_this<Sa
   std::vector<DataFile> files_;
   std::vector<Extent> extents_;
   std::vector<std::vector<std::uint64_t>> checksums_;  // [file][extent]; each slot written once
-  std::vector<ItemData> resolved_;                     // [item], set under resolve_once_
-  std::unique_ptr<std::once_flag[]> resolve_once_;
+  // resolved_[item] is written once, under resolve_mu_, before
+  // is_resolved_[item] is set (release); read after it is seen set (acquire).
+  // Not std::call_once: libstdc++'s leaves waiters hung when the first
+  // caller throws (GCC bug 66146), and resolve_data may throw.
+  std::vector<ItemData> resolved_;
+  std::unique_ptr<std::atomic<bool>[]> is_resolved_;
+  std::mutex resolve_mu_;
 
   struct Filled {
     unsigned slot;
@@ -132,16 +138,19 @@ void SaveJobImpl::drop_held_back() {
 }
 
 const ItemData& SaveJobImpl::resolved(std::size_t item) {
-  std::call_once(resolve_once_[item], [&] {
+  if (is_resolved_[item].load(std::memory_order_acquire)) return resolved_[item];
+  std::lock_guard lock(resolve_mu_);
+  if (!is_resolved_[item].load(std::memory_order_relaxed)) {
     const WriteItem& w = plan_.items[item];
-    ItemData data = planner_.resolve_data(w);
+    ItemData data = planner_.resolve_data(w);  // a throw leaves the item unresolved
     if (data.size() != w.nbytes()) {
       throw Error(ErrorCode::kInvalidArgument, w.index.fqn,
                   "the planner resolved " + std::to_string(data.size()) +
                       " bytes for an item planned as " + std::to_string(w.nbytes()));
     }
     resolved_[item] = std::move(data);
-  });
+    is_resolved_[item].store(true, std::memory_order_release);
+  }
   return resolved_[item];
 }
 
