@@ -14,6 +14,7 @@
 #include <optional>
 #include <thread>
 
+#include "io/io_fault_injection.hpp"
 #include "ringckpt/ringckpt.hpp"
 #include "test_util.hpp"
 
@@ -319,6 +320,35 @@ BOOST_AUTO_TEST_CASE(commit_fails_because_the_directory_vanished,
   BOOST_TEST(!fs::exists(dir / "metadata.json"));
   ckpt.async_save(m->sd(), root / "fine").committed.get();  // unharmed
   BOOST_TEST(verify(root / "fine").ok());
+}
+
+// A fault injected into an io_uring completion (a write's, then a read's)
+// ends the save through its failure path: both completions report it, the
+// data files go, and the Checkpointer saves and loads as before.
+BOOST_AUTO_TEST_CASE(a_fault_in_an_io_completion, *boost::unit_test::timeout(120)) {
+  TempDir root;
+  Checkpointer ckpt(options(StagingMode::lazy, 1 * MiB));
+  auto m = model_of(2 * MiB, 323);  // many extents: the third completion is mid-save
+  struct Disarm {
+    ~Disarm() { detail::inject_io_completion_fault(0); }
+  } disarm;
+  detail::inject_io_completion_fault(3);
+  SaveHandle h = ckpt.async_save(m->sd(), root / "faulty");
+  auto e = failure_of(h, true);  // the ring holds half the save: staging cannot have ended
+  BOOST_TEST_REQUIRE(e.has_value());
+  BOOST_TEST(std::string(e->what()).find("io fault injection") != std::string::npos, e->what());
+  BOOST_TEST(checkpoint_files(root / "faulty").empty());
+
+  ckpt.async_save(m->sd(), root / "fine").committed.get();
+  BOOST_TEST(verify(root / "fine").ok());
+  auto into = m->blank();
+  detail::inject_io_completion_fault(2);
+  auto le = error_of([&] { ckpt.load(into->sd(), root / "fine"); });
+  BOOST_TEST_REQUIRE(le.has_value(), "a load with a faulty read completion did not fail");
+  BOOST_TEST(std::string(le->what()).find("io fault injection") != std::string::npos, le->what());
+  detail::inject_io_completion_fault(0);
+  ckpt.load(into->sd(), root / "fine");
+  BOOST_TEST((into->contents() == m->contents()));
 }
 
 BOOST_AUTO_TEST_SUITE_END()
