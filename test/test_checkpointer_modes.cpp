@@ -1,5 +1,5 @@
-// test/test_checkpointer.cpp — the Checkpointer's staging modes, saves from many threads, the
-// synchronous forms and a planner given per save.
+// test/test_checkpointer_modes.cpp — the Checkpointer's staging modes, saves from many
+// threads, the synchronous forms and a planner given per save.
 #define BOOST_TEST_MODULE checkpointer
 #include <boost/test/unit_test.hpp>
 

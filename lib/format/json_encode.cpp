@@ -1,18 +1,11 @@
 // json_encode.cpp — the metadata types as Boost.JSON values.
 #include "format/json_encode.hpp"
 
-#include <algorithm>
-
 #include "format/extent_checksum.hpp"
 
 namespace ringckpt::detail {
 
 namespace json = boost::json;
-
-JsonStorage json_arena(std::size_t initial_bytes) {
-  return json::make_shared_resource<json::monotonic_resource>(
-      std::max<std::size_t>(initial_bytes, 1024));
-}
 
 json::array to_json(const Shape& shape, const JsonStorage& sp) {
   json::array out(sp);
@@ -42,13 +35,6 @@ void put_index(json::object& out, const MetadataIndex& index) {
   if (index.index) out.emplace("index", static_cast<std::uint64_t>(*index.index));
 }
 
-json::object to_json(const MetadataIndex& index, const JsonStorage& sp) {
-  json::object out(sp);
-  out.reserve(3);
-  put_index(out, index);
-  return out;
-}
-
 json::object to_json(const FileInfo& file, const JsonStorage& sp) {
   json::object out(sp);
   out.reserve(4);
@@ -59,22 +45,6 @@ json::object to_json(const FileInfo& file, const JsonStorage& sp) {
   checksums.reserve(file.extent_checksums.size());
   for (std::uint64_t c : file.extent_checksums) checksums.emplace_back(checksum_hex(c));
   out.emplace("checksums", std::move(checksums));
-  return out;
-}
-
-json::array to_json(const std::vector<FileInfo>& files, const JsonStorage& sp) {
-  json::array out(sp);
-  out.reserve(files.size());
-  for (const auto& f : files) out.emplace_back(to_json(f, sp));
-  return out;
-}
-
-json::object to_json(const StorageInfo& info, const JsonStorage& sp) {
-  json::object out(sp);
-  out.reserve(3);
-  out.emplace("file", info.relative_path);
-  out.emplace("offset", info.offset);
-  out.emplace("length", info.length);
   return out;
 }
 

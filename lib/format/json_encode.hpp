@@ -16,20 +16,12 @@ namespace ringckpt::detail {
 
 using JsonStorage = boost::json::storage_ptr;
 
-// A monotonic arena whose first block holds `initial_bytes` (at least 1 KiB).
-JsonStorage json_arena(std::size_t initial_bytes = 0);
-
 boost::json::array to_json(const Shape& shape, const JsonStorage& sp);
 boost::json::object to_json(const std::map<std::string, std::string>& map, const JsonStorage& sp);
 // {"offsets", "sizes"}.
 boost::json::object to_json(const ChunkStorageMetadata& chunk, const JsonStorage& sp);
-// {"fqn", "offset", "index"}, the last two only where set.
-boost::json::object to_json(const MetadataIndex& index, const JsonStorage& sp);
 // {"path", "size", "extent_size", "checksums" (16 hex digits each)}.
 boost::json::object to_json(const FileInfo& file, const JsonStorage& sp);
-boost::json::array to_json(const std::vector<FileInfo>& files, const JsonStorage& sp);
-// {"file", "offset", "length"}.
-boost::json::object to_json(const StorageInfo& info, const JsonStorage& sp);
 
 // Adds "fqn", and "offset" and "index" where set (absent where not), to `out`.
 void put_index(boost::json::object& out, const MetadataIndex& index);
