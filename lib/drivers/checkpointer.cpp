@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "drivers/save_completions.hpp"
+#include "format/file_extents.hpp"
 #include "io/io_engine.hpp"
 #include "load/shared_engine_reader.hpp"
 #include "ringckpt/checkpoint.hpp"
@@ -121,7 +122,7 @@ void Checkpointer::Impl::plan(SaveTask& task) {
   const SaveLayout& layout = task.writer->lay_out(task.plan, task.plan.storage_data);
   const std::uint64_t extent = engine->ring().slot_bytes();
   std::uint64_t extents = 0;
-  for (const auto& f : layout.files) extents += (f.size + extent - 1) / extent;
+  for (const auto& f : layout.files) extents += detail::extent_count(f.size, extent);
   if (extents <= engine->ring().slot_count()) return;
   if (task.mode == StagingMode::snapshot) {
     throw Error(ErrorCode::kInvalidArgument, task.dir.string(),

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "format/file_extents.hpp"
 #include "format/message_text.hpp"
 #include "format/metadata_json.hpp"
 #include "format/tensor_geometry.hpp"
@@ -50,7 +51,7 @@ void check_files(const std::string& file, const std::vector<FileInfo>& files) {
                      std::to_string(kAlignment));
     }
     // size <= 2^62 and extent_size >= 4096: no overflow.
-    const std::uint64_t extents = (f.size + f.extent_size - 1) / f.extent_size;
+    const std::uint64_t extents = extent_count(f.size, f.extent_size);
     if (f.extent_checksums.size() != extents) {
       fail(file, path() + ".checksums of " + in_quotes(name) + " holds " +
                      std::to_string(f.extent_checksums.size()) + " checksums, but " +

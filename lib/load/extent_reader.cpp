@@ -9,19 +9,13 @@
 
 #include "io/data_file.hpp"
 #include "format/extent_checksum.hpp"
+#include "format/file_extents.hpp"
 #include "io/io_engine.hpp"
 #include "io/slot_engine.hpp"
 #include "ringckpt/error.hpp"
 
 namespace ringckpt::detail {
 namespace {
-
-struct ReadExtent {
-  std::size_t task = 0;
-  std::uint64_t index = 0;
-  std::uint64_t lo = 0;
-  std::uint64_t hi = 0;
-};
 
 std::string range_text(std::uint64_t lo, std::uint64_t hi) {
   return "bytes " + std::to_string(lo) + ".." + std::to_string(hi);
@@ -47,7 +41,7 @@ class ReadJob : public std::enable_shared_from_this<ReadJob> {
   void open_files();
   void read(std::size_t e, unsigned slot);
   void verify(std::size_t e, unsigned slot, std::int64_t result);
-  void scatter(const ReadExtent& x, const std::byte* data);
+  void scatter(const Extent& x, const std::byte* data);
   void fault(ErrorCode code, std::string file, std::int64_t extent, std::uint64_t lo,
              std::uint64_t hi, std::string message);
   void on_done(std::exception_ptr error);
@@ -63,7 +57,7 @@ class ReadJob : public std::enable_shared_from_this<ReadJob> {
 
   std::vector<DataFile> files_;                                  // [task]; fd -1 if unusable
   std::vector<std::vector<std::vector<std::uint32_t>>> by_extent_;  // [task][extent] -> runs
-  std::vector<ReadExtent> extents_;
+  std::vector<Extent> extents_;  // file: the task's position in tasks_
 
   SlotEngine slots_;  // hands slots to extents_, holds the first error
 
@@ -119,7 +113,7 @@ void ReadJob::open_files() {
       continue;
     }
     const std::uint64_t e = info.extent_size;
-    const std::uint64_t count = (size + e - 1) / e;
+    const std::uint64_t count = extent_count(size, e);
     auto& runs_of = by_extent_[t];
     runs_of.resize(count);
     std::vector<bool> needed(count, task.all_extents);
@@ -139,7 +133,7 @@ void ReadJob::open_files() {
     }
     for (std::uint64_t k = 0; k < count; ++k) {
       if (!needed[k]) continue;
-      extents_.push_back({t, k, k * e, std::min(size, (k + 1) * e)});
+      extents_.push_back(extent_of(t, k, size, e));
       bytes_total_ += extents_.back().hi - extents_.back().lo;
     }
   }
@@ -155,8 +149,8 @@ void ReadJob::run() {
 
 // On a staging thread, as the engine's start hook.
 void ReadJob::read(std::size_t e, unsigned slot) {
-  const ReadExtent& x = extents_[e];
-  const DataFile& file = files_[x.task];
+  const Extent& x = extents_[e];
+  const DataFile& file = files_[x.file];
   std::size_t length = x.hi - x.lo;
   if (file.direct()) length = round_up(length, kAlignment);
   engine_.uring().read(file.fd(), slot, engine_.ring().slot_data(slot), length, x.lo,
@@ -173,24 +167,24 @@ void ReadJob::on_done(std::exception_ptr error) {
 }
 
 void ReadJob::verify(std::size_t e, unsigned slot, std::int64_t result) {
-  const ReadExtent& x = extents_[e];
-  const FileReadTask& task = tasks_[x.task];
+  const Extent& x = extents_[e];
+  const FileReadTask& task = tasks_[x.file];
   const std::uint64_t length = x.hi - x.lo;
   const std::byte* data = engine_.ring().slot_data(slot);
   std::string where = "extent " + std::to_string(x.index) + " (" + range_text(x.lo, x.hi) +
                       (x.lo < task.header_bytes ? ", safetensors header" : "") + ")";
   if (result < 0) {
-    fault(ErrorCode::kIo, path_of(x.task), static_cast<std::int64_t>(x.index), x.lo, x.hi,
+    fault(ErrorCode::kIo, path_of(x.file), static_cast<std::int64_t>(x.index), x.lo, x.hi,
           where + ": read failed: " + std::system_category().message(static_cast<int>(-result)));
   } else if (static_cast<std::uint64_t>(result) < length) {
-    fault(ErrorCode::kCorrupt, path_of(x.task), static_cast<std::int64_t>(x.index), x.lo, x.hi,
+    fault(ErrorCode::kCorrupt, path_of(x.file), static_cast<std::int64_t>(x.index), x.lo, x.hi,
           where + ": only " + std::to_string(result) + " of " + std::to_string(length) +
               " bytes could be read");
   } else {
     const std::uint64_t stored = task.info.extent_checksums[x.index];
     const std::uint64_t actual = checksum_of({data, length});
     if (actual != stored) {
-      fault(ErrorCode::kCorrupt, path_of(x.task), static_cast<std::int64_t>(x.index), x.lo, x.hi,
+      fault(ErrorCode::kCorrupt, path_of(x.file), static_cast<std::int64_t>(x.index), x.lo, x.hi,
             where + ": checksum mismatch (metadata.json records " + checksum_hex(stored) +
                 ", the data hashes to " + checksum_hex(actual) + ")");
     } else {
@@ -206,9 +200,9 @@ void ReadJob::verify(std::size_t e, unsigned slot, std::int64_t result) {
 }
 
 // Copies the verified extent x to every run that overlaps it.
-void ReadJob::scatter(const ReadExtent& x, const std::byte* data) {
-  const FileReadTask& task = tasks_[x.task];
-  for (std::uint32_t r : by_extent_[x.task][x.index]) {
+void ReadJob::scatter(const Extent& x, const std::byte* data) {
+  const FileReadTask& task = tasks_[x.file];
+  for (std::uint32_t r : by_extent_[x.file][x.index]) {
     const ReadRun& run = task.runs[r];
     const std::uint64_t lo = std::max(run.file_offset, x.lo);
     const std::uint64_t hi = std::min(run.file_offset + run.length, x.hi);

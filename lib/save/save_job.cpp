@@ -12,20 +12,13 @@
 
 #include "io/data_file.hpp"
 #include "format/extent_checksum.hpp"
+#include "format/file_extents.hpp"
 #include "io/io_engine.hpp"
 #include "io/slot_engine.hpp"
 #include "ringckpt/error.hpp"
 
 namespace ringckpt::detail {
 namespace {
-
-// Bytes [lo, hi) of file `file`: extent `index` of that file.
-struct Extent {
-  std::size_t file = 0;
-  std::uint64_t index = 0;
-  std::uint64_t lo = 0;
-  std::uint64_t hi = 0;
-};
 
 class SaveJobImpl final : public SaveJob, public std::enable_shared_from_this<SaveJobImpl> {
  public:
@@ -110,11 +103,9 @@ void SaveJobImpl::begin() {
         // extend it serialize on the inode (ext4, xfs) and go to kernel workers.
         files_.back().allocate(round_up(file.size, kAlignment));
       }
-      const std::uint64_t count = (file.size + e - 1) / e;
+      const std::uint64_t count = extent_count(file.size, e);
       checksums_[f].resize(count);
-      for (std::uint64_t k = 0; k < count; ++k) {
-        extents_.push_back({f, k, k * e, std::min(file.size, (k + 1) * e)});
-      }
+      for (std::uint64_t k = 0; k < count; ++k) extents_.push_back(extent_of(f, k, file.size, e));
     }
   } catch (...) {
     slots_.fail(std::current_exception());
