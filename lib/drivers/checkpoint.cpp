@@ -3,6 +3,8 @@
 #include "ringckpt/checkpoint.hpp"
 
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "plan/wire_codec.hpp"
 #include "ringckpt/default_planner.hpp"
@@ -70,6 +72,51 @@ void check_plan_count(std::size_t plans, int world_size) {
   }
 }
 
+// The payloads of the statuses gathered from every rank, each decoded with
+// decode(bytes, source); `status_name` and `payload_name` name rank r's in
+// errors. The first failure among them is thrown as Relayed.
+// REQUIRES: called inside guarded().
+template <typename Decode>
+auto decode_each(std::vector<std::string>& statuses, std::string_view status_name,
+                 std::string_view payload_name, Decode&& decode) {
+  std::vector<decltype(decode(std::string_view(), std::string()))> out;
+  out.reserve(statuses.size());
+  for (int r = 0; r < static_cast<int>(statuses.size()); ++r) {
+    const std::string bytes = payload(std::move(statuses[r]), from(status_name, r));
+    out.push_back(decode(bytes, from(payload_name, r)));
+  }
+  return out;
+}
+
+// Step 2 of both protocols, on every rank: the coordinator decodes the local
+// plans gathered in `locals` (decode_plan, each named `plan_name` in errors),
+// global_plans turns them into one plan per rank, and each rank receives its
+// own, or the failure of this step. Returns this rank's status.
+template <typename DecodePlan, typename GlobalPlans>
+std::string scatter_global_plans(Coordinator& c, std::vector<std::string>& locals,
+                                 std::string_view plan_name, DecodePlan&& decode_plan,
+                                 GlobalPlans&& global_plans) {
+  std::vector<std::string> centrals;
+  if (c.is_coordinator()) {
+    std::vector<std::string> encoded;
+    bool planned = false;
+    const std::string status = guarded(c.rank(), [&] {
+      const auto globals =
+          global_plans(decode_each(locals, "local plan status", plan_name, decode_plan));
+      check_plan_count(globals.size(), c.world_size());
+      for (const auto& g : globals) encoded.push_back(wire::encode_ok(wire::encode(g)));
+      planned = true;
+      return std::string();
+    });
+    if (planned) {
+      centrals = std::move(encoded);
+    } else {
+      centrals.assign(static_cast<std::size_t>(c.world_size()), status);
+    }
+  }
+  return c.scatter(std::move(centrals));
+}
+
 // One rank: the same protocol, without carrying plans through a Coordinator.
 Metadata save_single(const StateDict& state_dict, StorageWriter& writer, SavePlanner& p) {
   p.set_up_planner(state_dict, true);
@@ -121,30 +168,12 @@ Metadata save(const StateDict& state_dict, StorageWriter& writer, SavePlanner* p
 
   // 2. The global plan, scattered back.
   Metadata metadata;
-  std::vector<std::string> centrals;
-  if (is_coordinator) {
-    std::vector<SavePlan> globals;
-    bool planned = false;
-    const std::string status = guarded(rank, [&] {
-      std::vector<SavePlan> plans;
-      for (int r = 0; r < static_cast<int>(locals.size()); ++r) {
-        std::string bytes = payload(std::move(locals[r]), from("local plan status", r));
-        plans.push_back(wire::decode_save_plan(bytes, from("local save plan", r)));
-      }
-      auto [planned_plans, md] = p.create_global_plan(std::move(plans));
-      globals = writer.prepare_global_plan(std::move(planned_plans));
-      check_plan_count(globals.size(), c.world_size());
-      metadata = std::move(md);
-      planned = true;
-      return std::string();
-    });
-    if (planned) {
-      for (const auto& g : globals) centrals.push_back(wire::encode_ok(wire::encode(g)));
-    } else {
-      centrals.assign(static_cast<std::size_t>(c.world_size()), status);
-    }
-  }
-  const std::string central = c.scatter(std::move(centrals));
+  const std::string central = scatter_global_plans(
+      c, locals, "local save plan", wire::decode_save_plan, [&](std::vector<SavePlan> plans) {
+        auto [planned, md] = p.create_global_plan(std::move(plans));
+        metadata = std::move(md);
+        return writer.prepare_global_plan(std::move(planned));
+      });
 
   // 3. Every rank writes its part; results gathered at the coordinator.
   SavePlan final_plan;
@@ -158,11 +187,8 @@ Metadata save(const StateDict& state_dict, StorageWriter& writer, SavePlanner* p
   std::string outcome;
   if (is_coordinator) {
     outcome = guarded(rank, [&] {
-      std::vector<WriteResults> all;
-      for (int r = 0; r < static_cast<int>(results.size()); ++r) {
-        all.push_back(wire::decode_write_results(
-            payload(std::move(results[r]), from("write status", r)), from("write results", r)));
-      }
+      const std::vector<WriteResults> all =
+          decode_each(results, "write status", "write results", wire::decode_write_results);
       writer.finish(metadata, all);
       add_results(metadata, all);
       return std::string();
@@ -201,28 +227,10 @@ void load(StateDict& state_dict, StorageReader& reader, LoadPlanner* planner,
   }));
 
   // 2. The global plan, scattered back.
-  std::vector<std::string> centrals;
-  if (is_coordinator) {
-    std::vector<LoadPlan> globals;
-    bool planned = false;
-    const std::string status = guarded(rank, [&] {
-      std::vector<LoadPlan> plans;
-      for (int r = 0; r < static_cast<int>(locals.size()); ++r) {
-        std::string bytes = payload(std::move(locals[r]), from("local plan status", r));
-        plans.push_back(wire::decode_load_plan(bytes, from("local load plan", r)));
-      }
-      globals = reader.prepare_global_plan(p.create_global_plan(std::move(plans)));
-      check_plan_count(globals.size(), c.world_size());
-      planned = true;
-      return std::string();
-    });
-    if (planned) {
-      for (const auto& g : globals) centrals.push_back(wire::encode_ok(wire::encode(g)));
-    } else {
-      centrals.assign(static_cast<std::size_t>(c.world_size()), status);
-    }
-  }
-  const std::string central = c.scatter(std::move(centrals));
+  const std::string central = scatter_global_plans(
+      c, locals, "local load plan", wire::decode_load_plan, [&](std::vector<LoadPlan> plans) {
+        return reader.prepare_global_plan(p.create_global_plan(std::move(plans)));
+      });
 
   // 3. Every rank reads its part; the coordinator gathers how it went and
   // every rank learns the outcome.
