@@ -41,11 +41,6 @@ void SaveHandle::when_committed(const std::shared_ptr<SaveCompletions>& state,
 
 namespace {
 
-std::exception_ptr cancelled(const std::filesystem::path& dir) {
-  return std::make_exception_ptr(
-      Error(ErrorCode::kCancelled, dir.string(), "save cancelled before it committed"));
-}
-
 // Everything one save needs until it has committed or failed.
 struct SaveTask {
   std::shared_ptr<SaveCompletions> completions;
@@ -157,7 +152,7 @@ void Checkpointer::Impl::enqueue(const std::shared_ptr<SaveTask>& task) {
     }
   }
   if (refused) {
-    task->completions->complete_committed(cancelled(task->dir));
+    task->completions->complete_committed(detail::save_cancelled(task->dir));
     return;
   }
   start(task);
@@ -174,7 +169,7 @@ void Checkpointer::Impl::run(const std::shared_ptr<SaveTask>& task) {
   try {
     {
       std::lock_guard lock(mu);
-      if (task->cancelled) std::rethrow_exception(cancelled(task->dir));
+      if (task->cancelled) std::rethrow_exception(detail::save_cancelled(task->dir));
     }
     if (!task->planned) plan(*task);
     auto completions = task->completions;
@@ -210,7 +205,8 @@ void Checkpointer::Impl::on_written(const std::shared_ptr<SaveTask>& task,
                                     std::exception_ptr error, WriteResults results) {
   if (!error) {
     std::lock_guard lock(mu);
-    if (task->cancelled) error = cancelled(task->dir);  // cancel() came after the job's end
+    // cancel() came after the job's end.
+    if (task->cancelled) error = detail::save_cancelled(task->dir);
   }
   if (!error) {
     try {
@@ -259,7 +255,7 @@ void Checkpointer::Impl::cancel(const std::shared_ptr<SaveTask>& task) {
       task->cancelled = true;  // seen by run() if the job has not started yet
     }
   }
-  if (was_queued) task->completions->complete_committed(cancelled(task->dir));
+  if (was_queued) task->completions->complete_committed(detail::save_cancelled(task->dir));
   if (job) job->cancel();
 }
 
@@ -277,7 +273,7 @@ void Checkpointer::Impl::close() {
       running->cancelled = true;
     }
   }
-  for (auto& t : queued) t->completions->complete_committed(cancelled(t->dir));
+  for (auto& t : queued) t->completions->complete_committed(detail::save_cancelled(t->dir));
   if (job) job->cancel();
   {
     std::unique_lock lock(mu);

@@ -113,10 +113,7 @@ void SaveJobImpl::begin() {
   slots_.start(extents_.size(), self());
 }
 
-void SaveJobImpl::cancel() {
-  slots_.fail(std::make_exception_ptr(
-      Error(ErrorCode::kCancelled, dir_.string(), "save cancelled before it committed")));
-}
+void SaveJobImpl::cancel() { slots_.fail(save_cancelled(dir_)); }
 
 // The engine is stopping: slots filled but held back for plan order go back.
 void SaveJobImpl::drop_held_back() {
@@ -354,6 +351,11 @@ void SaveJobImpl::cleanup_and_fail() {
 }
 
 }  // namespace
+
+std::exception_ptr save_cancelled(const std::filesystem::path& dir) {
+  return std::make_exception_ptr(
+      Error(ErrorCode::kCancelled, dir.string(), "save cancelled before it committed"));
+}
 
 std::shared_ptr<SaveJob> SaveJob::start(IoEngine& engine, std::filesystem::path dir,
                                         const SavePlan& plan, SavePlanner& planner,

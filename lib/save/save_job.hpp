@@ -42,4 +42,8 @@ class SaveJob {
   virtual ~SaveJob() = default;
 };
 
+// Error(kCancelled) naming `dir`: how every save that is cancelled before it
+// committed fails (SaveJob::cancel, and the Checkpointer's queued saves).
+std::exception_ptr save_cancelled(const std::filesystem::path& dir);
+
 }  // namespace ringckpt::detail
