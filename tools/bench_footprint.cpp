@@ -3,7 +3,9 @@
 
 #include <algorithm>
 
+#include "bench_setup.hpp"
 #include "bench_workdir.hpp"
+#include "format/file_extents.hpp"
 #include "io/io_engine.hpp"
 #include "ringckpt/checkpoint.hpp"
 #include "ringckpt/checkpointer.hpp"
@@ -22,11 +24,10 @@ std::vector<fs::path> data_files(const fs::path& dir) {
 Footprint measure_footprint(const SyntheticModel& model, const fs::path& dir,
                             const BenchOptions& o, IoNotes& notes) {
   CheckpointerOptions co;
-  co.io.extent_size = o.extent_size;
-  co.io.ring_bytes = o.extent_size * std::min<std::uint64_t>(o.queue_depth + 1,
-      std::max<std::uint64_t>(2, (model.bytes + o.extent_size - 1) / o.extent_size + 1));
-  co.io.queue_depth = o.queue_depth;
-  co.io.report = notes.sink("warm-up");
+  const std::uint64_t slots = std::min<std::uint64_t>(
+      o.queue_depth + 1,
+      std::max<std::uint64_t>(2, detail::extent_count(model.bytes, o.extent_size) + 1));
+  co.io = bench_io(o, slots * o.extent_size, notes, "warm-up");
   co.default_mode = StagingMode::bounded;
   Footprint fp;
   {

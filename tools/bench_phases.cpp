@@ -20,6 +20,7 @@
 #include "bench_footprint.hpp"
 #include "bench_report.hpp"
 #include "bench_runs.hpp"
+#include "bench_setup.hpp"
 #include "bench_workdir.hpp"
 #include "io/io_engine.hpp"
 #include "io_notes.hpp"
@@ -47,12 +48,7 @@ int run_main_bench(const BenchOptions& o) {
   auto at = [&](const char* n) { return dir / n; };
 
   IoNotes notes;
-  SyntheticModel model;
-  try {
-    model = make_model(o.model, o.size, o.seed);
-  } catch (const std::invalid_argument& e) {
-    throw UsageError(std::string("--size: ") + e.what());
-  }
+  SyntheticModel model = bench_model(o);
   const std::uint64_t copy_bytes = model.bytes;
 
   const Footprint fp = measure_footprint(model, at("bench-warmup"), o, notes);
@@ -78,10 +74,7 @@ int run_main_bench(const BenchOptions& o) {
   StateDict target = mirror_state_dict(model, mirror.data(), mirror_extra);
 
   CheckpointerOptions co;
-  co.io.extent_size = o.extent_size;
-  co.io.ring_bytes = fp.ring_bytes;
-  co.io.queue_depth = o.queue_depth;
-  co.io.report = notes.sink("ringckpt");
+  co.io = bench_io(o, fp.ring_bytes, notes, "ringckpt");
   Checkpointer ck(co);
 
   CheckpointerOptions bo = co;
@@ -235,11 +228,9 @@ int run_main_bench(const BenchOptions& o) {
   // Correctness: the last checkpoint of each kind verifies.
   r.ok = r.load_matches;
   {
-    IoOptions vio;
-    vio.extent_size = o.extent_size;
-    vio.queue_depth = o.queue_depth;
-    vio.ring_bytes = std::max<std::uint64_t>(2, std::min<std::uint64_t>(o.queue_depth, 16)) * o.extent_size;
-    vio.report = notes.sink("verify");
+    const IoOptions vio = bench_io(
+        o, std::max<std::uint64_t>(2, std::min<std::uint64_t>(o.queue_depth, 16)) * o.extent_size,
+        notes, "verify");
     for (const char* kind : {"sync", "snapshot", "lazy", "bounded"}) {
       const fs::path p = dir / ("bench-" + std::string(kind));
       r.verified.push_back({kind, ringckpt::verify(p, vio)});

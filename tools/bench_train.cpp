@@ -19,6 +19,7 @@
 #include "bench_figures.hpp"
 #include "bench_footprint.hpp"
 #include "bench_runs.hpp"
+#include "bench_setup.hpp"
 #include "bench_workdir.hpp"
 #include "io_notes.hpp"
 #include "machine_facts.hpp"
@@ -47,12 +48,7 @@ int run_train(const BenchOptions& o) {
   }
 
   IoNotes notes;
-  SyntheticModel model;
-  try {
-    model = make_model(o.model, o.size, o.seed);
-  } catch (const std::invalid_argument& e) {
-    throw UsageError(std::string("--size: ") + e.what());
-  }
+  SyntheticModel model = bench_model(o);
   const Footprint fp = measure_footprint(model, dir / "bench-warmup", o, notes);
   auto step_seed = [&](std::uint64_t s) { return o.seed + s; };
   const auto step_time = std::chrono::duration<double, std::milli>(o.step_ms);
@@ -79,10 +75,7 @@ int run_train(const BenchOptions& o) {
 
   // 2. With a lazy save every K steps.
   CheckpointerOptions co;
-  co.io.extent_size = o.extent_size;
-  co.io.ring_bytes = fp.ring_bytes;
-  co.io.queue_depth = o.queue_depth;
-  co.io.report = notes.sink("ringckpt");
+  co.io = bench_io(o, fp.ring_bytes, notes, "ringckpt");
   co.default_mode = StagingMode::lazy;
   struct Save {
     std::uint64_t step = 0;

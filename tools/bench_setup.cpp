@@ -1,0 +1,27 @@
+// tools/bench_setup.cpp — the model and the I/O options of a bench run.
+#include "bench_setup.hpp"
+
+#include <stdexcept>
+#include <utility>
+
+namespace ringckpt::tools::bench {
+
+SyntheticModel bench_model(const BenchOptions& o) {
+  try {
+    return make_model(o.model, o.size, o.seed);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(std::string("--size: ") + e.what());
+  }
+}
+
+IoOptions bench_io(const BenchOptions& o, std::uint64_t ring_bytes, IoNotes& notes,
+                   std::string who) {
+  IoOptions io;
+  io.extent_size = o.extent_size;
+  io.ring_bytes = ring_bytes;
+  io.queue_depth = o.queue_depth;
+  io.report = notes.sink(std::move(who));
+  return io;
+}
+
+}  // namespace ringckpt::tools::bench

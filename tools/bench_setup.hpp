@@ -1,0 +1,24 @@
+// tools/bench_setup.hpp — what every run of `ringckpt bench` sets up the same
+// way: the model it saves, and the I/O options of its Checkpointers.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "bench_options.hpp"
+#include "io_notes.hpp"
+#include "ringckpt/io_options.hpp"
+#include "synthetic.hpp"
+
+namespace ringckpt::tools::bench {
+
+// The model --model, --size and --seed ask for; a size it cannot be made at
+// is UsageError.
+SyntheticModel bench_model(const BenchOptions& o);
+
+// --extent-size and --queue-depth, a ring of `ring_bytes`, notes reported to
+// `notes` as `who`.
+IoOptions bench_io(const BenchOptions& o, std::uint64_t ring_bytes, IoNotes& notes,
+                   std::string who);
+
+}  // namespace ringckpt::tools::bench
