@@ -35,31 +35,13 @@
 using namespace ringckpt;
 using ringckpt::test::OwnedTensor;
 using ringckpt::test::TempDir;
+using ringckpt::test::load_options;
+using ringckpt::test::read_header;
+using ringckpt::test::save_options;
 using ringckpt::test::small_io;
 namespace fs = std::filesystem;
 
 namespace {
-
-SaveOptions save_options(SavePlanner* planner = nullptr, Coordinator* coordinator = nullptr) {
-  SaveOptions o;
-  o.io = small_io();
-  o.planner = planner;
-  o.coordinator = coordinator;
-  return o;
-}
-LoadOptions load_options(LoadPlanner* planner = nullptr) {
-  LoadOptions o;
-  o.io = small_io();
-  o.planner = planner;
-  return o;
-}
-
-SafetensorsHeader read_header(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return decode_safetensors_header(std::as_bytes(std::span<const char>(bytes)), bytes.size(),
-                                   file.string());
-}
 
 std::vector<std::string> header_names(const fs::path& file) {
   std::vector<std::string> names;

@@ -15,11 +15,14 @@
 #include "ringckpt/error.hpp"
 #include "ringckpt/io_options.hpp"
 #include "format/safetensors.hpp"
+#include "test_util.hpp"
 
 namespace json = boost::json;
 using namespace ringckpt;
 
 namespace {
+
+using ringckpt::test::check_same;
 
 std::span<const std::byte> as_span(std::string_view s) {
   return std::as_bytes(std::span<const char>(s.data(), s.size()));
@@ -87,40 +90,6 @@ Metadata sample_metadata() {
   md.files.push_back({"__1_0.safetensors", 4120, 8192, {0xffffffffffffffffULL}});
   md.planner_data = {{"planner", "default"}, {"dedup", "true"}};
   return md;
-}
-
-void check_same(const StorageMetadata& a, const StorageMetadata& b) {
-  BOOST_TEST_REQUIRE(a.index() == b.index());
-  if (const auto* ta = std::get_if<TensorStorageMetadata>(&a)) {
-    const auto& tb = std::get<TensorStorageMetadata>(b);
-    BOOST_TEST((ta->properties == tb.properties));
-    BOOST_TEST(ta->size == tb.size);
-    BOOST_TEST((ta->chunks == tb.chunks));
-  }
-}
-
-void check_same_index(const MetadataIndex& a, const MetadataIndex& b) {
-  BOOST_TEST(a.fqn == b.fqn);
-  BOOST_TEST((a.offset == b.offset));
-  BOOST_TEST((a.index == b.index));
-}
-
-void check_same(const Metadata& a, const Metadata& b) {
-  BOOST_TEST(a.version == b.version);
-  BOOST_TEST_REQUIRE(a.state_dict_metadata.size() == b.state_dict_metadata.size());
-  for (auto ia = a.state_dict_metadata.begin(), ib = b.state_dict_metadata.begin();
-       ia != a.state_dict_metadata.end(); ++ia, ++ib) {
-    BOOST_TEST(ia->first == ib->first);
-    check_same(ia->second, ib->second);
-  }
-  BOOST_TEST_REQUIRE(a.storage_data.size() == b.storage_data.size());
-  for (auto ia = a.storage_data.begin(), ib = b.storage_data.begin(); ia != a.storage_data.end();
-       ++ia, ++ib) {
-    check_same_index(ia->first, ib->first);  // the index hint too
-    BOOST_TEST((ia->second == ib->second));
-  }
-  BOOST_TEST((a.files == b.files));
-  BOOST_TEST((a.planner_data == b.planner_data));
 }
 
 // Re-computes the checksum of a (tampered) document, as a forger would, so

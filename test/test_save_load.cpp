@@ -15,20 +15,12 @@
 using namespace ringckpt;
 using ringckpt::test::OwnedTensor;
 using ringckpt::test::TempDir;
+using ringckpt::test::load_options;
+using ringckpt::test::read_header;
+using ringckpt::test::save_options;
 using ringckpt::test::small_io;
 
 namespace {
-
-SaveOptions save_options() {
-  SaveOptions o;
-  o.io = small_io();
-  return o;
-}
-LoadOptions load_options() {
-  LoadOptions o;
-  o.io = small_io();
-  return o;
-}
 
 // Saves `tensors` under names t0, t1, ... and loads them into blanks; checks
 // every byte.
@@ -46,13 +38,6 @@ void round_trip(const std::vector<OwnedTensor>& tensors, const std::filesystem::
     BOOST_TEST_INFO("tensor t" << i);
     BOOST_TEST((blanks[i].storage == tensors[i].storage));
   }
-}
-
-SafetensorsHeader read_header(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto span = std::as_bytes(std::span<const char>(bytes));
-  return decode_safetensors_header(span, bytes.size(), file.string());
 }
 
 }  // namespace

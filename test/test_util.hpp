@@ -138,6 +138,7 @@ inline IoOptions small_io() {
 #include <boost/test/unit_test.hpp>
 
 #include "format/metadata_json.hpp"
+#include "format/safetensors.hpp"
 #include "io/data_file.hpp"
 #include "ringckpt/ringckpt.hpp"
 
@@ -232,15 +233,27 @@ inline VerifyReport verify_dir(const std::filesystem::path& dir) {
   return r;
 }
 
-inline LoadOptions load_options() {
+// Options of ringckpt::save and load over small_io().
+inline LoadOptions load_options(LoadPlanner* planner = nullptr) {
   LoadOptions o;
   o.io = small_io();
+  o.planner = planner;
   return o;
 }
-inline SaveOptions save_options() {
+inline SaveOptions save_options(SavePlanner* planner = nullptr,
+                                Coordinator* coordinator = nullptr) {
   SaveOptions o;
   o.io = small_io();
+  o.planner = planner;
+  o.coordinator = coordinator;
   return o;
+}
+
+// The safetensors header of a data file.
+inline SafetensorsHeader read_header(const std::filesystem::path& file) {
+  const std::string bytes = read_small_file(file);
+  return decode_safetensors_header(std::as_bytes(std::span<const char>(bytes)), bytes.size(),
+                                   file.string());
 }
 
 // ---------------------------------------------------------------- the checkpoint
@@ -630,6 +643,49 @@ inline void destroy_within(std::unique_ptr<Checkpointer> ckpt, std::chrono::seco
 template <typename Future>
 bool ready_within(Future& f, std::chrono::seconds limit) {
   return f.wait_for(limit) == std::future_status::ready;
+}
+
+}  // namespace ringckpt::test
+
+// ------------------------------------------------------------------------
+// Metadata compared field by field (format and wire_codec suites): each
+// field its own BOOST_TEST, so a failure names it. MetadataIndex's operator==
+// ignores the index hint; these compare it too.
+
+namespace ringckpt::test {
+
+inline void check_same(const MetadataIndex& a, const MetadataIndex& b) {
+  BOOST_TEST(a.fqn == b.fqn);
+  BOOST_TEST((a.offset == b.offset));
+  BOOST_TEST((a.index == b.index));
+}
+
+inline void check_same(const StorageMetadata& a, const StorageMetadata& b) {
+  BOOST_TEST_REQUIRE(a.index() == b.index());
+  if (const auto* ta = std::get_if<TensorStorageMetadata>(&a)) {
+    const auto& tb = std::get<TensorStorageMetadata>(b);
+    BOOST_TEST((ta->properties == tb.properties));
+    BOOST_TEST(ta->size == tb.size);
+    BOOST_TEST((ta->chunks == tb.chunks));
+  }
+}
+
+inline void check_same(const Metadata& a, const Metadata& b) {
+  BOOST_TEST(a.version == b.version);
+  BOOST_TEST_REQUIRE(a.state_dict_metadata.size() == b.state_dict_metadata.size());
+  for (auto ia = a.state_dict_metadata.begin(), ib = b.state_dict_metadata.begin();
+       ia != a.state_dict_metadata.end(); ++ia, ++ib) {
+    BOOST_TEST(ia->first == ib->first);
+    check_same(ia->second, ib->second);
+  }
+  BOOST_TEST_REQUIRE(a.storage_data.size() == b.storage_data.size());
+  for (auto ia = a.storage_data.begin(), ib = b.storage_data.begin(); ia != a.storage_data.end();
+       ++ia, ++ib) {
+    check_same(ia->first, ib->first);  // the index hint too
+    BOOST_TEST((ia->second == ib->second));
+  }
+  BOOST_TEST((a.files == b.files));
+  BOOST_TEST((a.planner_data == b.planner_data));
 }
 
 }  // namespace ringckpt::test
