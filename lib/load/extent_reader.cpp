@@ -212,6 +212,14 @@ void ReadJob::scatter(const Extent& x, const std::byte* data) {
 
 }  // namespace
 
+IoOptions read_options(IoOptions io, const std::vector<FileInfo>& files) {
+  for (const FileInfo& f : files) {
+    io.extent_size = std::max<std::size_t>(io.extent_size, f.extent_size);
+  }
+  io.ring_bytes = std::max(io.ring_bytes, io.extent_size * 2);
+  return io;
+}
+
 void read_extents(IoEngine& engine, const std::filesystem::path& dir,
                   std::vector<FileReadTask>& tasks, std::vector<ExtentFault>* faults,
                   const Progress& progress) {

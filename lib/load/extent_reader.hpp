@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "ringckpt/io_options.hpp"
 #include "ringckpt/metadata.hpp"
 
 namespace ringckpt::detail {
@@ -38,6 +39,10 @@ struct ExtentFault {
 };
 
 using Progress = std::function<void(std::uint64_t bytes_done, std::uint64_t bytes_total)>;
+
+// `io` for an engine of a reader's own that reads `files`: ring slots that
+// hold the largest extent on disk, and at least two of them.
+IoOptions read_options(IoOptions io, const std::vector<FileInfo>& files);
 
 // Reads what the tasks need through the engine. With faults == nullptr the
 // first fault is thrown as an Error (after in-flight reads finish); otherwise

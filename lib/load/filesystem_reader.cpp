@@ -47,12 +47,7 @@ struct FileSystemReader::Impl {
 
   // A reader of its own sizes its ring slots for the largest extent on disk.
   IoEngine& engine_for(const std::vector<FileInfo>& files) {
-    if (!engine) {
-      IoOptions o = io;
-      for (const FileInfo& f : files) o.extent_size = std::max<std::size_t>(o.extent_size, f.extent_size);
-      o.ring_bytes = std::max(o.ring_bytes, o.extent_size * 2);
-      engine = std::make_shared<IoEngine>(o);
-    }
+    if (!engine) engine = std::make_shared<IoEngine>(detail::read_options(io, files));
     return *engine;
   }
 };

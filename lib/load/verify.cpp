@@ -68,9 +68,7 @@ VerifyReport verify(const std::filesystem::path& dir, const IoOptions& io,
   for (const auto& [index, info] : md.storage_data) stored[info.relative_path].push_back(info);
 
   std::vector<detail::FileReadTask> tasks;
-  IoOptions o = io;
   for (const FileInfo& f : md.files) {
-    o.extent_size = std::max<std::size_t>(o.extent_size, f.extent_size);
     const std::filesystem::path path = dir / f.relative_path;
     try {
       check_header(path, f, stored[f.relative_path]);
@@ -88,10 +86,9 @@ VerifyReport verify(const std::filesystem::path& dir, const IoOptions& io,
     report.extents += f.extent_checksums.size();
     report.bytes += f.size;
   }
-  o.ring_bytes = std::max(o.ring_bytes, o.extent_size * 2);
   std::vector<detail::ExtentFault> faults;
   try {
-    detail::IoEngine engine(o);
+    detail::IoEngine engine(detail::read_options(io, md.files));
     detail::read_extents(engine, dir, tasks, &faults, progress);
   } catch (const Error& e) {
     report.faults.push_back({e.where(), -1, 0, 0, e.message()});
