@@ -22,6 +22,20 @@ inline std::string shape_string(const Shape& shape, std::string_view separator =
   return out + "]";
 }
 
+// "[2, 3]", as the planners' messages print shapes.
+inline std::string shape_str(const Shape& shape) { return shape_string(shape, ", "); }
+// "[2, 3] F32".
+inline std::string tensor_str(const Shape& shape, DType dtype) {
+  return shape_str(shape) + " " + std::string(dtype_name(dtype));
+}
+// "offsets [0, 0] sizes [2, 3]".
+inline std::string chunk_str(const Shape& offsets, const Shape& sizes) {
+  return "offsets " + shape_str(offsets) + " sizes " + shape_str(sizes);
+}
+inline std::string chunk_str(const ChunkStorageMetadata& chunk) {
+  return chunk_str(chunk.offsets, chunk.sizes);
+}
+
 // 'w' for a whole item, 'w' chunk at [0,4] for a chunk of a tensor.
 inline std::string index_string(const MetadataIndex& index) {
   std::string out = in_quotes(index.fqn);

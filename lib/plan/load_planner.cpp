@@ -8,6 +8,7 @@
 #include <string>
 #include <variant>
 
+#include "format/message_text.hpp"
 #include "format/tensor_geometry.hpp"
 #include "plan/plan_validation.hpp"
 #include "ringckpt/error.hpp"

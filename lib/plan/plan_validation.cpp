@@ -63,20 +63,6 @@ void validate_tensor(const std::string& fqn, const TensorStorageMetadata& tm) {
 
 }  // namespace
 
-std::string shape_str(const Shape& shape) { return shape_string(shape, ", "); }
-
-std::string tensor_str(const Shape& shape, DType dtype) {
-  return shape_str(shape) + " " + std::string(dtype_name(dtype));
-}
-
-std::string chunk_str(const Shape& offsets, const Shape& sizes) {
-  return "offsets " + shape_str(offsets) + " sizes " + shape_str(sizes);
-}
-
-std::string chunk_str(const ChunkStorageMetadata& chunk) {
-  return chunk_str(chunk.offsets, chunk.sizes);
-}
-
 void check_shard(const std::string& fqn, const ShardedTensor& st, const Shard& shard) {
   if (shard.local.dtype != st.dtype) {
     throw Error(ErrorCode::kInvalidArgument, fqn,

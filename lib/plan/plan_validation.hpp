@@ -1,6 +1,5 @@
 // lib/plan/plan_validation.hpp — the checks the default planners make of
-// what they are given (shards, global plans), and how their messages print
-// shapes and chunks.
+// what they are given (shards, global plans).
 #pragma once
 
 #include <string>
@@ -9,14 +8,6 @@
 #include "ringckpt/tensor.hpp"
 
 namespace ringckpt::detail {
-
-// "[2, 3]".
-std::string shape_str(const Shape& shape);
-// "[2, 3] F32".
-std::string tensor_str(const Shape& shape, DType dtype);
-// "offsets [0, 0] sizes [2, 3]".
-std::string chunk_str(const Shape& offsets, const Shape& sizes);
-std::string chunk_str(const ChunkStorageMetadata& chunk);
 
 // Throws Error(kInvalidArgument, fqn) unless `shard` has the dtype of `st`
 // and lies inside its global shape.

@@ -12,6 +12,7 @@
 #include <utility>
 #include <variant>
 
+#include "format/message_text.hpp"
 #include "format/tensor_geometry.hpp"
 #include "plan/plan_validation.hpp"
 #include "ringckpt/error.hpp"
@@ -44,8 +45,6 @@ void add_tensor_item(std::vector<WriteItem>& items, const std::string& fqn, cons
   td.properties.dtype = t.dtype;
   td.size = t.shape;
 }
-
-// Checks a shard against its tensor's dtype and global shape.
 
 WriteItem shard_item(const std::string& fqn, const ShardedTensor& st, const Shard& shard) {
   check_shard(fqn, st, shard);
