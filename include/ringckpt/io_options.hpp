@@ -12,6 +12,8 @@ namespace ringckpt {
 
 inline constexpr std::size_t kAlignment = 4096;  // O_DIRECT unit: offsets, lengths, buffers
 inline constexpr std::size_t kMaxExtentSize = std::size_t{1} << 30;  // larger is refused
+// The default IoOptions::max_metadata_bytes: the largest metadata.json read.
+inline constexpr std::uint64_t kDefaultMaxMetadataBytes = std::uint64_t{1} << 30;
 
 struct IoOptions {
   // The unit of writing and checksumming; a multiple of kAlignment, at most
@@ -30,6 +32,11 @@ struct IoOptions {
   // A data file is closed and the next one begun past this many bytes
   // (0: one data file per rank).
   std::uint64_t max_file_bytes = 0;
+  // The largest metadata.json a load, verify or inspect reads (1 GiB: about
+  // millions of entries). A larger file is refused, naming it and this limit,
+  // from its size before it is read; raise this for a larger checkpoint.
+  // A data file's safetensors header has a fixed limit of 100 MiB.
+  std::uint64_t max_metadata_bytes = kDefaultMaxMetadataBytes;
   // Where fallbacks and other notes are said. Empty: to stderr, once each.
   std::function<void(std::string_view)> report;
 };

@@ -7,16 +7,23 @@
 #include <string>
 #include <string_view>
 
+#include "ringckpt/io_options.hpp"
+
 namespace ringckpt {
 
 // An open file descriptor, closed on destruction.
 class DataFile {
  public:
-  // Creates (truncating) `path` for writing, with O_DIRECT if want_direct and
-  // the file system accepts it; direct() tells which. Throws Error(kIo, path).
+  // Creates `path` anew for writing, with O_DIRECT if want_direct and the
+  // file system accepts it; direct() tells which. What is there already (a
+  // stale file, or a symbolic link: its target is never touched) is unlinked
+  // first, then the file is created with O_CREAT | O_EXCL | O_NOFOLLOW, so
+  // nothing is ever written through a link. Throws Error(kIo, path).
   static DataFile create(const std::filesystem::path& path, bool want_direct);
-  // Opens `path` for reading, with O_DIRECT if possible. A missing file is
-  // Error(kNotFound, path).
+  // Opens `path` for reading, with O_DIRECT if possible, never blocking and
+  // never following a link (O_NONBLOCK | O_NOFOLLOW): a missing file is
+  // Error(kNotFound, path); a symbolic link, FIFO, directory or device is
+  // Error(kCorrupt, path, "not a regular file (...)").
   static DataFile open_read(const std::filesystem::path& path, bool want_direct);
 
   DataFile() = default;
@@ -49,12 +56,19 @@ class DataFile {
 // fsync of a directory, so that a rename or create in it is durable.
 void sync_directory(const std::filesystem::path& dir);
 
-// Writes `content` to dir/name.tmp, fsyncs it, renames it to dir/name and
-// fsyncs dir: afterwards dir/name is the new content, before it the old one.
+// Writes `content` to dir/name.tmp (created anew by DataFile::create: a stale
+// temporary or a link there is removed, never written through), fsyncs it,
+// renames it to dir/name and fsyncs dir: afterwards dir/name is the new
+// content (a link at dir/name is replaced, not followed), before it the old one.
 void write_file_atomically(const std::filesystem::path& dir, std::string_view name,
                            std::string_view content);
 
-// Reads a whole (small) file; Error(kNotFound / kIo, path).
-std::string read_small_file(const std::filesystem::path& path);
+// Reads a whole (small) regular file, opened as DataFile::open_read opens it
+// (no link, FIFO, device or directory). A file larger than max_bytes (by its
+// fstat size, before anything is allocated, or as it is read) is
+// Error(kCorrupt, path, naming the limit); running out of memory is
+// Error(kIo, path). Error(kNotFound / kIo, path) as open_read.
+std::string read_small_file(const std::filesystem::path& path,
+                            std::uint64_t max_bytes = kDefaultMaxMetadataBytes);
 
 }  // namespace ringckpt

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <list>
 #include <map>
+#include <new>
 #include <span>
 #include <string_view>
 
@@ -38,7 +39,11 @@ struct FileSystemReader::Impl {
 
   const ReadIndex& current_index() {
     if (!indexed) {
-      index.build(decode_metadata(metadata_text, metadata_path));
+      try {
+        index.build(decode_metadata(metadata_text, metadata_path));
+      } catch (const std::bad_alloc&) {
+        throw Error(ErrorCode::kIo, metadata_path, "out of memory decoding the metadata");
+      }
       indexed = true;
       metadata_text = std::string();
     }
@@ -78,13 +83,23 @@ void FileSystemReader::reset(const std::filesystem::path& checkpoint_id) {
 
 Metadata FileSystemReader::read_metadata() {
   const std::filesystem::path path = impl_->dir / kMetadataFile;
-  if (!std::filesystem::exists(path)) {
-    throw Error(ErrorCode::kNotFound, path.string(),
+  std::string where = path.string();
+  std::string text;
+  try {
+    // Bounded (IoOptions::max_metadata_bytes), never blocking, never through a link.
+    text = read_small_file(path, impl_->io.max_metadata_bytes);
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::kNotFound) throw;
+    throw Error(ErrorCode::kNotFound, where,
                 "not a checkpoint: metadata.json is missing (the save never committed?)");
   }
-  std::string text = read_small_file(path);
-  std::string where = path.string();
-  Metadata md = decode_metadata(text, where);
+  Metadata md;
+  try {
+    md = decode_metadata(text, where);
+  } catch (const std::bad_alloc&) {
+    throw Error(ErrorCode::kIo, where,
+                "out of memory decoding " + std::to_string(text.size()) + " bytes of metadata");
+  }
   impl_->metadata_text = std::move(text);
   impl_->metadata_path = std::move(where);
   impl_->indexed = false;

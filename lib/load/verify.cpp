@@ -17,10 +17,17 @@
 namespace ringckpt {
 namespace {
 
-// Reads [offset, offset + n) of `path` with plain pread (headers are small).
+// Reads [offset, offset + n) of `path` with plain pread (headers are small:
+// callers bound n by kMaxSafetensorsHeader). The file is opened as every data
+// file is (a regular file, not a link, FIFO or device), and a range past its
+// fstat size is refused before anything is allocated.
 std::vector<std::byte> pread_range(const std::filesystem::path& path, std::uint64_t offset,
                                    std::uint64_t n) {
   DataFile file = DataFile::open_read(path, false);
+  const std::uint64_t size = file.size();
+  if (offset > size || n > size - offset) {
+    throw Error(ErrorCode::kCorrupt, path.string(), "file ends inside its header");
+  }
   std::vector<std::byte> out(n);
   std::uint64_t done = 0;
   while (done < n) {
@@ -59,7 +66,7 @@ VerifyReport verify(const std::filesystem::path& dir, const IoOptions& io,
   VerifyReport report;
   Metadata md;
   try {
-    md = FileSystemReader(dir).read_metadata();
+    md = FileSystemReader(dir, io).read_metadata();
   } catch (const Error& e) {
     report.faults.push_back({e.where(), -1, 0, 0, e.message()});
     return report;
@@ -74,8 +81,8 @@ VerifyReport verify(const std::filesystem::path& dir, const IoOptions& io,
       check_header(path, f, stored[f.relative_path]);
     } catch (const Error& e) {
       // Missing and truncated files are reported by the extent pass.
-      if (e.code() != ErrorCode::kNotFound && std::filesystem::exists(path) &&
-          std::filesystem::file_size(path) == f.size) {
+      std::error_code ec;  // a FIFO, directory or device has no size: no throw
+      if (e.code() != ErrorCode::kNotFound && std::filesystem::file_size(path, ec) == f.size) {
         report.faults.push_back({e.where(), -1, 0, 0, e.message()});
       }
     }
