@@ -10,11 +10,15 @@
 // metadata.json over IoOptions::max_metadata_bytes is refused, naming the
 // file and the limit, before it is read.
 
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
 #include <filesystem>
 #include <functional>
 #include <future>
@@ -350,3 +354,50 @@ BOOST_AUTO_TEST_CASE(read_small_file_holds_its_limit) {
   BOOST_CHECK_EXCEPTION(read_small_file(dir / "f", 99), Error,
                         error_is(ErrorCode::kCorrupt, {"f", "100 bytes exceeds the limit of 99"}));
 }
+
+// Out of memory while reading metadata.json (within the size limit) is an
+// Error naming the file, not a bare std::bad_alloc. In a forked child whose
+// address space is capped (sanitizers reserve vast shadow memory, so not
+// under them).
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+BOOST_AUTO_TEST_CASE(out_of_memory_reading_metadata_names_the_file) {
+  TempDir dir;
+  const fs::path md = dir / kMetadataFile;
+  spit(md, "");
+  BOOST_TEST_REQUIRE(::truncate(md.c_str(), static_cast<off_t>(kDefaultMaxMetadataBytes)) == 0);
+  std::uint64_t pages = 0;
+  std::ifstream("/proc/self/statm") >> pages;
+  BOOST_TEST_REQUIRE(pages > 0u);
+  const rlim_t cap = pages * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE)) + (256u << 20);
+  const pid_t pid = ::fork();
+  BOOST_TEST_REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const rlimit lim{cap, cap};
+    if (::setrlimit(RLIMIT_AS, &lim) != 0) ::_exit(3);
+    try {
+      read_metadata(dir.path());
+      ::_exit(4);
+    } catch (const Error& e) {
+      const bool named = e.code() == ErrorCode::kIo && e.where() == md.string() &&
+                         contains(e.message(), "out of memory");
+      ::_exit(named ? 0 : 1);
+    } catch (...) {
+      ::_exit(2);
+    }
+  }
+  int status = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      BOOST_FAIL("the child reading metadata.json did not finish in 60 s");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  BOOST_TEST_REQUIRE(WIFEXITED(status));
+  // 0: Error(kIo, metadata.json, "out of memory ..."); 1: another Error;
+  // 2: another exception; 3: setrlimit refused; 4: no error at all.
+  BOOST_TEST(WEXITSTATUS(status) == 0);
+}
+#endif
