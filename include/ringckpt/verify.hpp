@@ -28,9 +28,13 @@ struct VerifyReport {
 };
 
 // Checks metadata.json (its own checksum and consistency), every data file's
-// size and safetensors header against the metadata, and the XXH3 of every
-// extent of every file. Faults are collected, not thrown; progress(done,
-// total) is called as bytes are verified.
+// size and safetensors header against the metadata (each item's entry by its
+// safetensors name: byte range, dtype and shape; no entry metadata.json does
+// not place there), and the XXH3 of every extent of every file. A data file
+// that is not a regular file (a FIFO, directory, device or symbolic link) is a
+// fault and is never opened. Every fault is collected, never thrown (an error
+// of the file system or memory becomes a fault naming the file);
+// progress(done, total) is called as bytes are verified.
 VerifyReport verify(const std::filesystem::path& dir, const IoOptions& io = {},
                     const std::function<void(std::uint64_t, std::uint64_t)>& progress = {});
 

@@ -8,6 +8,7 @@
 #include <optional>
 #include <set>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 #include "format/file_extents.hpp"
@@ -259,15 +260,51 @@ bool metadata_is_sound(const std::string& file, const Metadata& md) {
   return entry == entries_end;
 }
 
+// Pre: every entry lies inside a listed file. No byte of a file belongs to
+// two storage entries (entries of no bytes hold none).
+void check_disjoint_storage(const std::string& file, const Metadata& md) {
+  struct Range {
+    std::string_view path;
+    std::uint64_t begin, end;
+    const MetadataIndex* index;
+  };
+  std::vector<Range> ranges;
+  ranges.reserve(md.storage_data.size());
+  for (const auto& [index, info] : md.storage_data) {
+    if (info.length != 0) {
+      ranges.push_back({info.relative_path, info.offset, info.offset + info.length, &index});
+    }
+  }
+  std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) {
+    return std::tie(a.path, a.begin, a.end) < std::tie(b.path, b.begin, b.end);
+  });
+  // In each file, the range reaching furthest so far: a range that overlaps
+  // any earlier one overlaps it.
+  const Range* widest = nullptr;
+  for (const Range& r : ranges) {
+    if (widest && widest->path == r.path && r.begin < widest->end) {
+      const std::uint64_t last = std::min(widest->end, r.end) - 1;
+      fail(file, "storage entries " + index_string(*widest->index) + " and " +
+                     index_string(*r.index) + " share bytes " + std::to_string(r.begin) + ".." +
+                     std::to_string(last) + " of " + std::string(r.path));
+    }
+    if (!widest || widest->path != r.path || r.end > widest->end) widest = &r;
+  }
+}
+
 }  // namespace
 
 void check_metadata(const Metadata& md, const std::string& file) {
   check_files(file, md.files);
-  if (metadata_is_sound(file, md)) return;
-  for (const auto& [fqn, item] : md.state_dict_metadata) {
-    if (const auto* tensor = std::get_if<TensorStorageMetadata>(&item)) check_tensor(file, fqn, *tensor);
+  if (!metadata_is_sound(file, md)) {
+    for (const auto& [fqn, item] : md.state_dict_metadata) {
+      if (const auto* tensor = std::get_if<TensorStorageMetadata>(&item)) {
+        check_tensor(file, fqn, *tensor);
+      }
+    }
+    check_storage(file, md);
   }
-  check_storage(file, md);
+  check_disjoint_storage(file, md);
 }
 
 }  // namespace detail

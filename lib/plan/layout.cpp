@@ -15,10 +15,14 @@ std::uint64_t SaveLayout::total_bytes() const noexcept {
 
 std::string safetensors_name(const WriteItem& item) {
   if (item.type != WriteItemType::SHARD || !item.index.offset) return item.index.fqn;
-  std::string name = item.index.fqn + "@";
-  for (std::size_t d = 0; d < item.index.offset->size(); ++d) {
+  return safetensors_shard_name(item.index.fqn, *item.index.offset);
+}
+
+std::string safetensors_shard_name(std::string_view fqn, std::span<const std::int64_t> offsets) {
+  std::string name = std::string(fqn) + "@";
+  for (std::size_t d = 0; d < offsets.size(); ++d) {
     if (d) name += ',';
-    name += std::to_string((*item.index.offset)[d]);
+    name += std::to_string(offsets[d]);
   }
   return name;
 }
@@ -48,7 +52,7 @@ static FileLayout finish_file(const SavePlan& plan, std::string path,
       e.name = item.index.fqn;
     }
     if (item.type == WriteItemType::BYTE_IO || !item.tensor_data) {
-      e.dtype = DType::U8;
+      e.dtype = kBlobDType;
       e.shape = std::span<const std::int64_t>(
           &blob_sizes.emplace_back(static_cast<std::int64_t>(item.bytes_io_size)), 1);
     } else {

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -38,6 +39,12 @@ struct SaveLayout {
 // The safetensors name of an item: its fqn for a whole tensor or blob; for a
 // shard, fqn followed by "@" and its offsets joined by ",".
 std::string safetensors_name(const WriteItem& item);
+
+// The safetensors name of the shard of `fqn` that starts at `offsets`.
+std::string safetensors_shard_name(std::string_view fqn, std::span<const std::int64_t> offsets);
+
+// A blob's safetensors entry: this dtype, shape [its byte count].
+inline constexpr DType kBlobDType = DType::U8;
 
 // Lays `plan` out in files named {prefix}{n}.safetensors (n = 0, 1, ...), a new
 // file begun when the current one already holds max_file_bytes of data (0: no
