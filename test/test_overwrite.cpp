@@ -6,7 +6,9 @@
 #define BOOST_TEST_MODULE overwrite
 #include <boost/test/unit_test.hpp>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstdint>
 #include <filesystem>
 #include <future>
@@ -198,6 +200,54 @@ BOOST_AUTO_TEST_CASE(write_failing_mid_save) {
       old.expect_intact(ckpt, *old_model);
     }
   }
+}
+
+// A full disk: a 2 MiB tmpfs holding a 256 KiB checkpoint; an overwrite of
+// 4 MiB fails with ENOSPC through ringckpt::save and through both completions
+// of the Checkpointer, and the old checkpoint is as it was.
+BOOST_AUTO_TEST_CASE(full_disk) {
+  TmpfsMount mnt(2 << 20);
+  if (!mnt.mounted()) {
+    BOOST_TEST_MESSAGE("cannot mount a 2 MiB tmpfs here (" << mnt.error()
+                                                           << "): the full-disk case is skipped");
+    return;
+  }
+  const fs::path dir = mnt.path() / "latest";
+  Checkpointer ckpt(options(StagingMode::lazy, 1 * MiB));
+  auto old_model = model_of(256 * KiB, 41);
+  ckpt.save(old_model->sd(), dir);
+  const Saved old(dir, *old_model);
+  const std::uint64_t free_before = mnt.free_bytes();
+  auto big = model_of(4 * MiB, 42);
+
+  auto e = error_of([&] { save(big->sd(), dir, overwrite_sync()); });
+  BOOST_TEST_REQUIRE(e.has_value());
+  BOOST_TEST((e->code() == ErrorCode::kIo), e->what());
+  BOOST_TEST(contains(e->what(), std::strerror(ENOSPC)), e->what());
+  old.expect_intact(ckpt, *old_model);
+  BOOST_TEST(mnt.free_bytes() >= free_before, "the new generation's partial file is removed");
+
+  for (StagingMode mode : {StagingMode::bounded, StagingMode::lazy}) {
+    BOOST_TEST_CONTEXT("mode " << mode_name(mode)) {
+      SaveHandle h = ckpt.async_save(big->sd(), dir, overwrite(mode));
+      BOOST_TEST_REQUIRE(within(h.committed));
+      auto s = error_of([&] { h.staged.get(); });
+      auto c = error_of([&] { h.committed.get(); });
+      BOOST_TEST_REQUIRE(s.has_value());
+      BOOST_TEST_REQUIRE(c.has_value());
+      BOOST_TEST((c->code() == ErrorCode::kIo), c->what());
+      BOOST_TEST(contains(c->what(), std::strerror(ENOSPC)), c->what());
+      old.expect_intact(ckpt, *old_model);
+      BOOST_TEST(mnt.free_bytes() >= free_before);
+    }
+  }
+  // The same Checkpointer overwrites fine with what fits.
+  auto fits = model_of(512 * KiB, 43);
+  SaveHandle h = ckpt.async_save(fits->sd(), dir, overwrite());
+  BOOST_TEST_REQUIRE(within(h.committed));
+  h.committed.get();
+  BOOST_TEST((listing(dir) == committed_files(dir)));
+  BOOST_TEST((load_contents(ckpt, *fits, dir) == fits->contents()));
 }
 
 BOOST_AUTO_TEST_SUITE_END()
