@@ -106,6 +106,13 @@ WriteResults RankWriter::write(const SavePlan& plan, std::string_view prefix,
 }
 
 void RankWriter::commit(const Metadata& metadata, const std::vector<WriteResults>& results) {
+  // A stale temporary (write_file_atomically's {name}.tmp) of a killed
+  // commit; only the committing save writes it, so it is no one's now.
+  const std::filesystem::path stale = dir_ / (std::string(kMetadataFile) + ".tmp");
+  std::error_code ec;
+  if (std::filesystem::symlink_status(stale, ec).type() == std::filesystem::file_type::regular) {
+    std::filesystem::remove(stale, ec);
+  }
   write_file_atomically(dir_, kMetadataFile, encode_metadata(metadata, results));
   std::set<std::string> keep;
   for (const auto& r : results) {
