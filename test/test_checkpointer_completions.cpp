@@ -43,7 +43,7 @@ BOOST_AUTO_TEST_CASE(use_future) {
   BOOST_CHECK_NO_THROW(h.async_wait_committed(asio::use_future).get());
 
   const fs::path bad = root / "bad";
-  block_data_file(bad);
+  const auto blocked = block_data_file(bad);
   SaveHandle f = ckpt.async_save(m->sd(), bad);
   std::future<void> failed = f.async_wait_committed(asio::use_future);
   auto e = error_of([&] { failed.get(); });
@@ -76,7 +76,7 @@ BOOST_AUTO_TEST_CASE(plain_callback_invoked_once) {
     });
 
     const fs::path bad = root / "bad";
-    block_data_file(bad);
+    const auto blocked = block_data_file(bad);
     std::promise<void> failed;
     ckpt.async_save(m->sd(), bad).async_wait_committed([&](std::exception_ptr e) {
       failed_error = e;
@@ -111,7 +111,7 @@ BOOST_AUTO_TEST_CASE(async_save_with_a_callback_token) {
       p1.set_value();
     });
     const fs::path bad = root / "bad";
-    block_data_file(bad);
+    const auto blocked = block_data_file(bad);
     ckpt.async_save(m->sd(), bad, {}, [&](std::exception_ptr e) {
       bad_error = e;
       ++bad_calls;
@@ -135,7 +135,7 @@ BOOST_AUTO_TEST_CASE(use_awaitable_in_a_coroutine) {
   auto m = model_of(512 * KiB, 104);
   Checkpointer ckpt(options());
   const fs::path bad = root / "bad";
-  block_data_file(bad);
+  const auto blocked = block_data_file(bad);
 
   asio::io_context io;
   int resumed = 0, caught = 0, finished = 0;

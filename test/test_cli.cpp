@@ -71,6 +71,14 @@ bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
+// The name of the first data file metadata.json in dir lists (names carry the
+// save's generation).
+std::string data_file_of(const fs::path& dir) {
+  const ringckpt::Metadata md = ringckpt::read_metadata(dir);
+  BOOST_TEST_REQUIRE(!md.files.empty());
+  return md.files.front().relative_path;
+}
+
 std::size_t line_count(const std::string& text) {
   return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n'));
 }
@@ -166,7 +174,7 @@ BOOST_AUTO_TEST_CASE(keeps_a_checkpoint_in_dir) {
   const DemoCheckpoint& checkpoint = demo_checkpoint();
   BOOST_TEST(checkpoint.demo.status == 0);
   BOOST_TEST(fs::exists(checkpoint.dir / "metadata.json"));
-  BOOST_TEST(fs::exists(checkpoint.dir / "__0_0.safetensors"));
+  BOOST_TEST(fs::exists(checkpoint.dir / data_file_of(checkpoint.dir)));
   for (const char* step : {"save", "verify", "load", "compare", "O_DIRECT", "B/s"}) {
     BOOST_TEST(contains(checkpoint.demo.out, step), step);
   }
@@ -217,9 +225,10 @@ BOOST_AUTO_TEST_CASE(lists_tensors_and_totals) {
   BOOST_TEST_REQUIRE(checkpoint.demo.status == 0);
   const Result r = run("inspect " + quoted(checkpoint.dir.string()));
   BOOST_TEST(r.status == 0);
-  for (const char* text : {"model.embed_tokens.weight", "optim.exp_avg_sq.model.norm.weight",
-                           "step", "BF16", "F32", "tensor", "bytes", "__0_0.safetensors",
-                           "entries", "files", "extents"}) {
+  const std::string data = data_file_of(checkpoint.dir);
+  for (const std::string text : {"model.embed_tokens.weight", "optim.exp_avg_sq.model.norm.weight",
+                                 "step", "BF16", "F32", "tensor", "bytes", data.c_str(),
+                                 "entries", "files", "extents"}) {
     BOOST_TEST(contains(r.out, text), text);
   }
   // Disk order: the embedding is the first tensor saved.
@@ -285,7 +294,8 @@ BOOST_AUTO_TEST_CASE(intact_checkpoint_is_ok) {
 
 BOOST_AUTO_TEST_CASE(flipped_byte_names_file_and_extent) {
   CheckpointCopy copy;
-  const fs::path data = copy.dir / "__0_0.safetensors";
+  const std::string name = data_file_of(copy.dir);
+  const fs::path data = copy.dir / name;
   const ringckpt::Metadata metadata = ringckpt::read_metadata(copy.dir);
   const std::uint64_t size = fs::file_size(data);
   const std::uint64_t middle = size / 2;
@@ -301,7 +311,7 @@ BOOST_AUTO_TEST_CASE(flipped_byte_names_file_and_extent) {
   const std::uint64_t extent = middle / metadata.files.front().extent_size;
   const Result r = run("verify " + quoted(copy.dir.string()));
   BOOST_TEST(r.status == 1);
-  BOOST_TEST(contains(r.out, "__0_0.safetensors: extent " + std::to_string(extent) + " "));
+  BOOST_TEST(contains(r.out, name + ": extent " + std::to_string(extent) + " "));
   BOOST_TEST(contains(r.out, "checksum"));
   // Exactly one extent is at fault.
   BOOST_TEST(std::count(r.out.begin(), r.out.end(), '\n') == 2);  // the fault and the summary
@@ -309,10 +319,11 @@ BOOST_AUTO_TEST_CASE(flipped_byte_names_file_and_extent) {
 
 BOOST_AUTO_TEST_CASE(missing_data_file_is_named) {
   CheckpointCopy copy;
-  fs::remove(copy.dir / "__0_0.safetensors");
+  const std::string name = data_file_of(copy.dir);
+  fs::remove(copy.dir / name);
   const Result r = run("verify " + quoted(copy.dir.string()));
   BOOST_TEST(r.status == 1);
-  BOOST_TEST(contains(r.out, "__0_0.safetensors: "));
+  BOOST_TEST(contains(r.out, name + ": "));
   BOOST_TEST(contains(r.out, "missing"));
 }
 

@@ -56,13 +56,13 @@ BOOST_AUTO_TEST_CASE(flipped_bit_in_item_bytes) {
       const std::uint64_t extent = off / kSmallIoExtent;
       const std::uint64_t lo = extent * kSmallIoExtent;
       const std::uint64_t hi = std::min(c.file_size(), lo + kSmallIoExtent);
-      flip_bit(dir / kFirstDataFile, off, n % 8);
+      flip_bit(dir / c.data, off, n % 8);
       ++n;
 
       ZeroedDestination d(c);
       BOOST_CHECK_EXCEPTION(
           load(d.sd, dir, load_options()), Error,
-          error_is(ErrorCode::kCorrupt, {kFirstDataFile, "extent " + std::to_string(extent) + " ",
+          error_is(ErrorCode::kCorrupt, {c.data, "extent " + std::to_string(extent) + " ",
                                          "checksum mismatch"}));
       // Not one byte of the bad extent reached the caller.
       for (const std::string fqn : {"enc.weight", "enc.scale", "dec.ids"}) {
@@ -78,7 +78,7 @@ BOOST_AUTO_TEST_CASE(flipped_bit_in_item_bytes) {
 
       const VerifyReport r = verify_dir(dir);
       BOOST_TEST_REQUIRE(r.faults.size() == 1u);
-      BOOST_TEST(ends_with(r.faults[0].file, kFirstDataFile));
+      BOOST_TEST(ends_with(r.faults[0].file, c.data));
       BOOST_TEST(r.faults[0].extent == static_cast<std::int64_t>(extent));
       BOOST_TEST(r.faults[0].offset == lo);
       BOOST_TEST(r.faults[0].length == hi - lo);
@@ -97,8 +97,8 @@ BOOST_AUTO_TEST_CASE(flipped_bit_in_safetensors_header) {
   for (std::uint64_t byte : {std::uint64_t{20}, std::uint64_t{3}, std::uint64_t{4000}}) {
     BOOST_TEST_CONTEXT("bit flipped in header byte " << byte) {
       const fs::path dir = c.copy("header" + std::to_string(byte));
-      flip_bit(dir / kFirstDataFile, byte, 1);
-      const auto fails = error_is(ErrorCode::kCorrupt, {kFirstDataFile, "extent 0 ",
+      flip_bit(dir / c.data, byte, 1);
+      const auto fails = error_is(ErrorCode::kCorrupt, {c.data, "extent 0 ",
                                                         "safetensors header", "checksum mismatch"});
       {
         ZeroedDestination d(c);
@@ -125,7 +125,7 @@ BOOST_AUTO_TEST_CASE(flipped_bit_in_safetensors_header) {
       BOOST_TEST(any_fault(r, [](const VerifyFault& f) {
         return f.extent == -1 && contains(f.message, "safetensors header");
       }));
-      for (const auto& f : r.faults) BOOST_TEST(ends_with(f.file, kFirstDataFile));
+      for (const auto& f : r.faults) BOOST_TEST(ends_with(f.file, c.data));
       expect_intact(c);
     }
   }
@@ -148,14 +148,14 @@ BOOST_AUTO_TEST_CASE(truncated_or_extended_data_file) {
   for (const auto& k : cases) {
     BOOST_TEST_CONTEXT("data file of " << k.new_size << " bytes, " << size << " recorded") {
       const fs::path dir = c.copy("size" + std::to_string(n++));
-      fs::resize_file(dir / kFirstDataFile, k.new_size);
+      fs::resize_file(dir / c.data, k.new_size);
       ZeroedDestination d(c);
       BOOST_CHECK_EXCEPTION(load(d.sd, dir, load_options()), Error,
-                            error_is(ErrorCode::kCorrupt, {kFirstDataFile, k.fault}));
+                            error_is(ErrorCode::kCorrupt, {c.data, k.fault}));
       BOOST_TEST(d.untouched());
       const VerifyReport r = verify_dir(dir);
       BOOST_TEST_REQUIRE(r.faults.size() == 1u);
-      BOOST_TEST(ends_with(r.faults[0].file, kFirstDataFile));
+      BOOST_TEST(ends_with(r.faults[0].file, c.data));
       BOOST_TEST(r.faults[0].extent == -1);
       BOOST_TEST(contains(r.faults[0].message, k.fault));
       expect_intact(c);
@@ -167,14 +167,14 @@ BOOST_AUTO_TEST_CASE(missing_files) {
   PristineCheckpoint c;
   {
     const fs::path dir = c.copy("no-data");
-    fs::remove(dir / kFirstDataFile);
+    fs::remove(dir / c.data);
     ZeroedDestination d(c);
     BOOST_CHECK_EXCEPTION(load(d.sd, dir, load_options()), Error,
-                          error_is(ErrorCode::kNotFound, {kFirstDataFile, "missing"}));
+                          error_is(ErrorCode::kNotFound, {c.data, "missing"}));
     BOOST_TEST(d.untouched());
     const VerifyReport r = verify_dir(dir);
     BOOST_TEST_REQUIRE(r.faults.size() == 1u);
-    BOOST_TEST(ends_with(r.faults[0].file, kFirstDataFile));
+    BOOST_TEST(ends_with(r.faults[0].file, c.data));
     BOOST_TEST(contains(r.faults[0].message, "missing"));
     expect_intact(c);
   }
@@ -204,10 +204,10 @@ BOOST_AUTO_TEST_CASE(absurd_header_length) {
 
   {  // Checksum left stale: load catches it by the header extent's checksum.
     const fs::path dir = c.copy("absurd-stale");
-    overwrite_at(dir / kFirstDataFile, 0, prefix);
+    overwrite_at(dir / c.data, 0, prefix);
     ZeroedDestination d(c);
     BOOST_CHECK_EXCEPTION(load(d.sd, dir, load_options()), Error,
-                          error_is(ErrorCode::kCorrupt, {kFirstDataFile, "safetensors header"}));
+                          error_is(ErrorCode::kCorrupt, {c.data, "safetensors header"}));
     const VerifyReport r = verify_dir(dir);
     BOOST_TEST(any_fault(r, [](const VerifyFault& f) {
       return f.extent == -1 && contains(f.message, "length prefix");
@@ -217,8 +217,8 @@ BOOST_AUTO_TEST_CASE(absurd_header_length) {
   }
   {  // Checksum fixed up: only the header check can catch it.
     const fs::path dir = c.copy("absurd-forged");
-    overwrite_at(dir / kFirstDataFile, 0, prefix);
-    const std::string data = slurp(dir / kFirstDataFile);
+    overwrite_at(dir / c.data, 0, prefix);
+    const std::string data = slurp(dir / c.data);
     const std::uint64_t sum = checksum_of(
         std::as_bytes(std::span<const char>(
             data.data(), std::min<std::size_t>(data.size(), kSmallIoExtent))));
@@ -227,7 +227,7 @@ BOOST_AUTO_TEST_CASE(absurd_header_length) {
 
     const VerifyReport r = verify_dir(dir);
     BOOST_TEST_REQUIRE(r.faults.size() == 1u);
-    BOOST_TEST(ends_with(r.faults[0].file, kFirstDataFile));
+    BOOST_TEST(ends_with(r.faults[0].file, c.data));
     BOOST_TEST(r.faults[0].extent == -1);
     BOOST_TEST(contains(r.faults[0].message, "safetensors header"));
     BOOST_TEST(contains(r.faults[0].message, "length prefix"));
@@ -240,7 +240,7 @@ BOOST_AUTO_TEST_CASE(absurd_header_length) {
       BOOST_TEST(d.matches(c));
     } catch (const Error& e) {
       BOOST_TEST_MESSAGE("load refused: " << e.what());
-      BOOST_TEST((e.code() == ErrorCode::kCorrupt && contains(e.what(), kFirstDataFile)));
+      BOOST_TEST((e.code() == ErrorCode::kCorrupt && contains(e.what(), c.data)));
     }
     expect_intact(c);
   }
@@ -272,19 +272,19 @@ BOOST_AUTO_TEST_CASE(fault_in_a_second_data_file_names_it) {
   SaveOptions so = save_options();
   so.io.max_file_bytes = 80000;
   save(sd, root / "ckpt", so);
-  BOOST_TEST_REQUIRE(fs::exists(root / "ckpt" / "__0_1.safetensors"));
-  flip_bit(root / "ckpt" / "__0_1.safetensors", 4096 + 777, 5);
+  const std::string second = data_file(root / "ckpt", 0, 1);
+  flip_bit(root / "ckpt" / second, 4096 + 777, 5);
 
   std::vector<OwnedTensor> back;
   for (const auto& t : ts) back.push_back(t.blank_like());
   StateDict into;
   for (int i = 0; i < 4; ++i) into.add("t" + std::to_string(i), back[i].view);
   BOOST_CHECK_EXCEPTION(load(into, root / "ckpt", load_options()), Error,
-                        error_is(ErrorCode::kCorrupt, {"__0_1.safetensors", "extent 0 ",
+                        error_is(ErrorCode::kCorrupt, {second, "extent 0 ",
                                                        "checksum mismatch"}));
   const VerifyReport r = verify_dir(root / "ckpt");
   BOOST_TEST_REQUIRE(r.faults.size() == 1u);
-  BOOST_TEST(ends_with(r.faults[0].file, "__0_1.safetensors"));
+  BOOST_TEST(ends_with(r.faults[0].file, second));
   BOOST_TEST(r.faults[0].extent == 0);
 }
 
@@ -317,7 +317,7 @@ BOOST_AUTO_TEST_CASE(full_disk) {
   sd.add("w", big.view);
   sd.add("step", bytes_of(std::int64_t{200}));
   BOOST_CHECK_EXCEPTION(save(sd, new_dir, save_options()), Error,
-                        error_is(ErrorCode::kIo, {(new_dir / kFirstDataFile).string(),
+                        error_is(ErrorCode::kIo, {(new_dir / "__0_").string(), "_0.safetensors",
                                                   std::strerror(ENOSPC)}));
   // Nothing committed, nothing left behind.
   BOOST_TEST(!fs::exists(new_dir / kMetadataFile));

@@ -99,9 +99,9 @@ BOOST_AUTO_TEST_CASE(path_escaping_metadata) {
   PristineCheckpoint c;
   const fs::path parent = c.root / "escape";
   fs::create_directories(parent / "ckpt");
-  fs::copy_file(c.pristine / kFirstDataFile, parent / "escape.safetensors");
+  fs::copy_file(c.pristine / c.data, parent / "escape.safetensors");
   fs::create_directories(parent / "ckpt" / "sub");
-  fs::copy_file(c.pristine / kFirstDataFile, parent / "ckpt" / "sub" / "dir.safetensors");
+  fs::copy_file(c.pristine / c.data, parent / "ckpt" / "sub" / "dir.safetensors");
   const std::vector<fs::path> bystanders = {parent / "escape.safetensors",
                                             parent / "ckpt" / "sub" / "dir.safetensors",
                                             "/etc/passwd"};
@@ -116,7 +116,7 @@ BOOST_AUTO_TEST_CASE(path_escaping_metadata) {
       const fs::path dir = parent / "ckpt";
       fs::copy_file(c.pristine / kMetadataFile, dir / kMetadataFile,
                     fs::copy_options::overwrite_existing);
-      fs::copy_file(c.pristine / kFirstDataFile, dir / kFirstDataFile,
+      fs::copy_file(c.pristine / c.data, dir / c.data,
                     fs::copy_options::overwrite_existing);
       forge_metadata(dir, [&](Metadata& md) {
         md.files[0].relative_path = bad;
@@ -152,7 +152,7 @@ BOOST_AUTO_TEST_CASE(absurd_sizes_in_metadata) {
   };
   const std::vector<Case> cases = {
       {"file size 2^61", [](Metadata& md) { md.files[0].size = std::uint64_t{1} << 61; },
-       {"metadata.json", kFirstDataFile}},
+       {"metadata.json", c.data}},
       {"file size 2^64-1",
        [](Metadata& md) { md.files[0].size = std::numeric_limits<std::uint64_t>::max(); },
        {"metadata.json", "files[0].size"}},
@@ -229,7 +229,7 @@ class AddressSpaceCap {
 BOOST_AUTO_TEST_CASE(absurd_extent_size_in_metadata) {
   PristineCheckpoint c;
   const fs::path dir = c.copy("absurd-extent");
-  const std::string data = slurp(dir / kFirstDataFile);
+  const std::string data = slurp(dir / c.data);
   forge_metadata(dir, [&](Metadata& md) {
     md.files[0].extent_size = std::uint64_t{1} << 40;
     md.files[0].extent_checksums = {checksum_of(std::as_bytes(std::span<const char>(data)))};

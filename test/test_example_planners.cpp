@@ -134,7 +134,7 @@ BOOST_AUTO_TEST_CASE(rename_planner_prefixes_every_key_and_loads_back) {
   for (const auto& [index, info] : md.storage_data) BOOST_TEST(index.fqn.starts_with("foo_"));
   const std::vector<std::string> expected_names = {"foo_w", "foo_emb", "foo_s@0,0", "foo_s@4,0",
                                                    "foo_step"};
-  BOOST_TEST(header_names(dir / "__0_0.safetensors") == expected_names,
+  BOOST_TEST(header_names(dir / test::first_data_file(dir.path())) == expected_names,
              boost::test_tools::per_element());
 
   // A plain load must ask for the prefixed names ...
@@ -370,7 +370,7 @@ BOOST_AUTO_TEST_CASE(bf16_planner_converts_f32_while_staging) {
   }
   BOOST_TEST(dtype_name(std::get<TensorStorageMetadata>(md.state_dict_metadata.at("ids"))
                             .properties.dtype) == "I32");
-  for (const auto& e : read_header(dir / "bf16" / "__0_0.safetensors").entries) {
+  for (const auto& e : read_header(dir / "bf16" / test::first_data_file(dir / "bf16")).entries) {
     BOOST_TEST_INFO(e.name);
     const bool f32_source = e.name != "tag" && e.name != "ids";
     BOOST_TEST(dtype_name(e.dtype) == (f32_source ? "BF16" : dtype_name(e.dtype)));
@@ -379,12 +379,12 @@ BOOST_AUTO_TEST_CASE(bf16_planner_converts_f32_while_staging) {
   const auto data_bytes = [](const fs::path& file) {
     return fs::file_size(file) - read_header(file).data_start;
   };
-  const std::uint64_t f32_data = data_bytes(dir / "f32" / "__0_0.safetensors");
-  const std::uint64_t bf16_data = data_bytes(dir / "bf16" / "__0_0.safetensors");
+  const std::uint64_t f32_data = data_bytes(dir / "f32" / test::first_data_file(dir / "f32"));
+  const std::uint64_t bf16_data = data_bytes(dir / "bf16" / test::first_data_file(dir / "bf16"));
   const std::uint64_t unconverted = tag.size() + ids.storage.size();
   BOOST_TEST(bf16_data - unconverted == (f32_data - unconverted) / 2);
-  BOOST_TEST(fs::file_size(dir / "bf16" / "__0_0.safetensors") <
-             fs::file_size(dir / "f32" / "__0_0.safetensors") * 6 / 10);
+  BOOST_TEST(fs::file_size(dir / "bf16" / test::first_data_file(dir / "bf16")) <
+             fs::file_size(dir / "f32" / test::first_data_file(dir / "f32")) * 6 / 10);
   BOOST_TEST(verify(dir / "bf16", small_io()).ok());
 
   // Loaded into BF16 buffers, every element is the correctly rounded value.
@@ -573,7 +573,8 @@ BOOST_AUTO_TEST_CASE(load_balancing_two_rank_save_and_load) {
     largest = std::max(largest, info.length);
   }
   BOOST_TEST_REQUIRE(per_file.size() == 2u);
-  const std::uint64_t a = per_file["__0_0.safetensors"], b = per_file["__1_0.safetensors"];
+  const std::uint64_t a = per_file[test::data_file(dir.path(), 0)],
+                      b = per_file[test::data_file(dir.path(), 1)];
   BOOST_TEST_MESSAGE("rank 0 wrote " << a << " bytes, rank 1 " << b);
   BOOST_TEST((a > b ? a - b : b - a) <= largest);
   BOOST_TEST(md.storage_data.size() == m.sd.size());  // each item stored once

@@ -49,7 +49,7 @@ BOOST_AUTO_TEST_CASE(every_dtype_round_trips) {
   for (DType t : kAllDTypes) tensors.emplace_back(t, Shape{3, 7, 5}, seed++);
   round_trip(tensors, dir.path());
   // Each safetensors entry carries the dtype's own name.
-  auto header = read_header(dir / "__0_0.safetensors");
+  auto header = read_header(dir / test::first_data_file(dir.path()));
   BOOST_TEST(header.entries.size() == std::size(kAllDTypes));
   for (const auto& e : header.entries) {
     std::size_t i = std::stoul(e.name.substr(1));
@@ -70,9 +70,9 @@ BOOST_AUTO_TEST_CASE(zero_dim_empty_and_odd_sized_tensors) {
   // The file is exactly header + data: the padded O_DIRECT tail was cut.
   std::uint64_t data = 0;
   for (const auto& t : tensors) data += t.view.nbytes();
-  auto header = read_header(dir / "__0_0.safetensors");
+  auto header = read_header(dir / test::first_data_file(dir.path()));
   BOOST_TEST(header.data_start % 4096 == 0u);
-  BOOST_TEST(std::filesystem::file_size(dir / "__0_0.safetensors") == header.data_start + data);
+  BOOST_TEST(std::filesystem::file_size(dir / test::first_data_file(dir.path())) == header.data_start + data);
 }
 
 BOOST_AUTO_TEST_CASE(ten_thousand_small_tensors) {
@@ -126,7 +126,7 @@ BOOST_AUTO_TEST_CASE(byte_blobs_round_trip) {
   BOOST_TEST(std::get<Bytes>(*into.find("empty")).empty());
   BOOST_TEST((w2.storage == w.storage));
   // Blobs are U8 tensors in the safetensors file and bytes in the metadata.
-  auto header = read_header(dir / "__0_0.safetensors");
+  auto header = read_header(dir / test::first_data_file(dir.path()));
   bool found = false;
   for (const auto& e : header.entries) {
     if (e.name == "step") {
@@ -147,7 +147,7 @@ BOOST_AUTO_TEST_CASE(single_rank_safetensors_names_are_fqns_in_plan_order) {
   sd.add("layers.0.attn.q", a.view);
   sd.add("layers.0.attn.k", b.view);
   save(sd, dir.path(), save_options());
-  auto header = read_header(dir / "__0_0.safetensors");
+  auto header = read_header(dir / test::first_data_file(dir.path()));
   BOOST_TEST_REQUIRE(header.entries.size() == 2u);
   BOOST_TEST(header.entries[0].name == "layers.0.attn.q");
   BOOST_TEST(header.entries[1].name == "layers.0.attn.k");
@@ -371,6 +371,6 @@ BOOST_AUTO_TEST_CASE(several_files_per_rank_when_asked) {
   round_trip(tensors, dir.path(), so);
   Metadata md = read_metadata(dir.path());
   BOOST_TEST(md.files.size() == 3u);
-  BOOST_TEST(std::filesystem::exists(dir / "__0_2.safetensors"));
+  BOOST_TEST(std::filesystem::exists(dir / test::data_file(dir.path(), 0, 2)));
   BOOST_TEST(verify(dir.path(), small_io()).ok());
 }

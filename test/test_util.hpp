@@ -140,12 +140,38 @@ inline IoOptions small_io() {
 #include "format/metadata_json.hpp"
 #include "format/safetensors.hpp"
 #include "io/data_file.hpp"
+#include "plan/layout.hpp"
 #include "ringckpt/ringckpt.hpp"
 
 namespace ringckpt::test {
 
 inline constexpr std::uint64_t kSmallIoExtent = 64 << 10;  // small_io().extent_size
-inline const std::string kFirstDataFile = "__0_0.safetensors";  // rank 0's first
+// The name of data file n of `rank` in a save of `generation`.
+inline std::string data_file_name(std::string_view generation, int rank = 0, int n = 0) {
+  return data_prefix(rank, generation) + std::to_string(n) + ".safetensors";
+}
+
+// The name of data file n of `rank` in the checkpoint in dir: the one file
+// named like it (any generation); fails the test unless there is exactly one.
+inline std::string data_file(const std::filesystem::path& dir, int rank = 0, int n = 0) {
+  const std::string head = "__" + std::to_string(rank) + "_";
+  const std::string tail = "_" + std::to_string(n) + ".safetensors";
+  std::vector<std::string> found;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (is_data_file_name(name) && name.starts_with(head) && name.ends_with(tail) &&
+        name.size() == head.size() + 16 + tail.size()) {
+      found.push_back(name);
+    }
+  }
+  BOOST_TEST_REQUIRE(found.size() == 1u, dir.string() << ": " << found.size()
+                                                      << " data files of rank " << rank
+                                                      << ", number " << n);
+  return found[0];
+}
+
+// Rank 0's first data file in dir.
+inline std::string first_data_file(const std::filesystem::path& dir) { return data_file(dir); }
 
 // ---------------------------------------------------------------- files
 
@@ -271,6 +297,7 @@ struct PristineCheckpoint {
   OwnedTensor ids{DType::I32, {40000}, 13};
   Bytes config = bytes_of(std::string_view("{\"lr\": 0.001, \"betas\": [0.9, 0.95]}"));
   Metadata md;
+  std::string data;  // the name of its one data file
 
   PristineCheckpoint() {
     StateDict sd;
@@ -281,6 +308,8 @@ struct PristineCheckpoint {
     save(sd, pristine, save_options());
     md = read_metadata(pristine);
     BOOST_TEST_REQUIRE(md.files.size() == 1u);
+    data = md.files[0].relative_path;
+    BOOST_TEST_REQUIRE(data == first_data_file(pristine));
     BOOST_TEST_REQUIRE(md.files[0].extent_size == kSmallIoExtent);
     BOOST_TEST_REQUIRE(md.files[0].extent_checksums.size() == 6u);
   }
@@ -587,10 +616,26 @@ inline std::size_t rss_kib() {
   return 0;
 }
 
-// Makes `dir/__0_0.safetensors` a directory: opening the data file for
-// writing then fails with EISDIR, even for root, once the save has started.
-inline void block_data_file(const fs::path& dir) {
-  fs::create_directories(dir / "__0_0.safetensors");
+// The generation block_data_file fixes while it lives.
+inline const std::string kBlockedGeneration = "00000000000b10c4";
+
+// Makes `dir/` + data_file_name(kBlockedGeneration) a directory and fixes the
+// generation of every save to kBlockedGeneration while it lives: opening that
+// data file for writing then fails with EISDIR, even for root, once the save
+// has started.
+class BlockedDataFile {
+ public:
+  explicit BlockedDataFile(const fs::path& dir) {
+    fs::create_directories(dir / data_file_name(kBlockedGeneration));
+    detail::fix_save_generation_for_tests(kBlockedGeneration);
+  }
+  ~BlockedDataFile() { detail::fix_save_generation_for_tests({}); }
+  BlockedDataFile(const BlockedDataFile&) = delete;
+  BlockedDataFile& operator=(const BlockedDataFile&) = delete;
+};
+
+[[nodiscard]] inline BlockedDataFile block_data_file(const fs::path& dir) {
+  return BlockedDataFile(dir);
 }
 
 // A tmpfs of `bytes` mounted on a fresh directory; mounted() is false where

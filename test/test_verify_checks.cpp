@@ -38,7 +38,7 @@ namespace {
 // 0, which holds the header: only the header comparison can tell.
 void reseal_header(const fs::path& dir,
                    const std::function<void(std::vector<SafetensorsEntry>&)>& edit) {
-  const fs::path file = dir / kFirstDataFile;
+  const fs::path file = dir / first_data_file(dir);
   SafetensorsHeader h = read_header(file);
   edit(h.entries);
   const std::string bytes = encode_safetensors_header(h.entries, h.metadata);
@@ -103,7 +103,7 @@ BOOST_AUTO_TEST_CASE(resealed_header_with_a_renamed_tensor) {
   reseal_header(dir, [](auto& entries) { entry(entries, "enc.scale").name = "enc.scalf"; });
   const VerifyReport r = verify_within(dir);
   BOOST_TEST(r.faults.size() == 2u);
-  BOOST_TEST(only_fault_in(r, kFirstDataFile));
+  BOOST_TEST(only_fault_in(r, c.data));
   BOOST_TEST(any_fault(r, [](const VerifyFault& f) {
     return f.extent == -1 && contains(f.message, "tensor 'enc.scale' is missing") &&
            contains(f.message, "metadata.json places it");
@@ -121,7 +121,7 @@ BOOST_AUTO_TEST_CASE(resealed_header_with_a_relabelled_dtype) {
     reseal_header(dir, [](auto& entries) { entry(entries, "enc.scale").dtype = DType::F16; });
     const VerifyReport r = verify_within(dir);
     BOOST_TEST_REQUIRE(r.faults.size() == 1u);
-    BOOST_TEST(ends_with(r.faults[0].file, kFirstDataFile));
+    BOOST_TEST(ends_with(r.faults[0].file, c.data));
     const std::string& m = r.faults[0].message;
     BOOST_TEST(contains(m, "'enc.scale' has dtype F16, but metadata.json says BF16"));
     BOOST_TEST(r.faults[0].offset == c.where("enc.scale").offset);
@@ -142,7 +142,7 @@ BOOST_AUTO_TEST_CASE(resealed_header_with_a_transposed_shape) {
   reseal_header(dir, [](auto& entries) { entry(entries, "enc.weight").shape = {300, 100}; });
   const VerifyReport r = verify_within(dir);
   BOOST_TEST_REQUIRE(r.faults.size() == 1u);
-  BOOST_TEST(ends_with(r.faults[0].file, kFirstDataFile));
+  BOOST_TEST(ends_with(r.faults[0].file, c.data));
   BOOST_TEST(contains(r.faults[0].message,
                       "'enc.weight' has shape [300,100], but metadata.json says [100,300]"));
   expect_intact(c);
@@ -165,7 +165,7 @@ BOOST_AUTO_TEST_CASE(resealed_header_with_swapped_names) {
   });
   const VerifyReport r = verify_within(dir / "ck");
   BOOST_TEST(r.faults.size() == 2u);
-  BOOST_TEST(only_fault_in(r, kFirstDataFile));
+  BOOST_TEST(only_fault_in(r, first_data_file(dir / "ck")));
   for (const std::string name : {"a", "b"}) {
     BOOST_TEST(any_fault(r, [&](const VerifyFault& f) {
       return contains(f.message, "tensor '" + name + "' lies at bytes [") &&
@@ -186,7 +186,7 @@ BOOST_AUTO_TEST_CASE(resealed_header_with_an_extra_entry_and_several_faults) {
   });
   const VerifyReport r = verify_within(dir);
   BOOST_TEST(r.faults.size() == 3u);
-  BOOST_TEST(only_fault_in(r, kFirstDataFile));
+  BOOST_TEST(only_fault_in(r, c.data));
   for (const std::string needle :
        {"'ghost' is not in", "'dec.ids' has dtype F32", "'enc.weight' has shape [30000]"}) {
     BOOST_TEST(any_fault(r, [&](const VerifyFault& f) { return contains(f.message, needle); }),
@@ -208,7 +208,8 @@ BOOST_AUTO_TEST_CASE(sharded_checkpoint_headers_verify) {
   sd.add("step", bytes_of(std::string_view("12345")));
   save(sd, dir / "ck", save_options());
   std::vector<std::string> names;
-  for (const auto& e : read_header(dir / "ck" / kFirstDataFile).entries) names.push_back(e.name);
+  const fs::path ck = dir / "ck";
+  for (const auto& e : read_header(ck / first_data_file(ck)).entries) names.push_back(e.name);
   std::sort(names.begin(), names.end());
   const std::vector<std::string> expected = {"empty", "plain", "step", "v@0", "w@0,0", "w@4,0"};
   BOOST_TEST(names == expected, boost::test_tools::per_element());
@@ -230,7 +231,7 @@ BOOST_AUTO_TEST_CASE(data_file_not_a_regular_file) {
       {"directory", "a directory", [](const fs::path& p) { return fs::create_directory(p); }},
       {"symlink", "a symbolic link",
        [&](const fs::path& p) {  // to an intact copy outside the checkpoint
-         fs::copy_file(c.pristine / kFirstDataFile, c.root / "outside.safetensors",
+         fs::copy_file(c.pristine / c.data, c.root / "outside.safetensors",
                        fs::copy_options::overwrite_existing);
          fs::create_symlink(c.root / "outside.safetensors", p);
          return true;
@@ -248,15 +249,15 @@ BOOST_AUTO_TEST_CASE(data_file_not_a_regular_file) {
   for (const auto& k : cases) {
     BOOST_TEST_CONTEXT("data file replaced by " << k.name) {
       const fs::path dir = c.copy("not-regular-" + k.name);
-      fs::remove(dir / kFirstDataFile);
-      if (!k.make(dir / kFirstDataFile)) {
+      fs::remove(dir / c.data);
+      if (!k.make(dir / c.data)) {
         BOOST_TEST_MESSAGE("cannot make " << k.name << " here (" << std::strerror(errno)
                                           << "): skipped");
         continue;
       }
       const VerifyReport r = verify_within(dir);
       BOOST_TEST_REQUIRE(r.faults.size() == 1u);
-      BOOST_TEST(ends_with(r.faults[0].file, kFirstDataFile));
+      BOOST_TEST(ends_with(r.faults[0].file, c.data));
       BOOST_TEST(contains(r.faults[0].message, "is " + k.kind + ", not a regular file"));
       BOOST_TEST(r.files == 1u);
     }
@@ -292,10 +293,10 @@ BOOST_AUTO_TEST_CASE(overlapping_storage_entries_are_refused) {
       {"same-start", "enc.scale", weight.offset,
        "storage entries 'enc.scale' chunk at [0,0] and 'enc.weight' chunk at [0,0] share bytes " +
            std::to_string(weight.offset) + ".." + std::to_string(weight.offset + 102800 - 1) +
-           " of " + kFirstDataFile},
+           " of " + c.data},
       {"blob-tail", "config", last10,
        "storage entries 'enc.weight' chunk at [0,0] and 'config' share bytes " +
-           std::to_string(last10) + ".." + std::to_string(last10 + 9) + " of " + kFirstDataFile},
+           std::to_string(last10) + ".." + std::to_string(last10 + 9) + " of " + c.data},
   };
   for (const auto& k : cases) {
     BOOST_TEST_CONTEXT(k.name) {

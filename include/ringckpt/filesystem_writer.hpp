@@ -16,8 +16,9 @@ namespace ringckpt {
 
 class FileSystemWriter final : public StorageWriter {
  public:
-  // overwrite: replace a checkpoint already in `dir` (its metadata.json is
-  // removed before the first byte is written); otherwise saving there fails.
+  // overwrite: replace a checkpoint already in `dir`; it stays whole until the
+  // new metadata.json has committed, then its data files are removed.
+  // Otherwise saving there fails.
   explicit FileSystemWriter(std::filesystem::path dir, IoOptions io = {}, bool overwrite = false);
   ~FileSystemWriter() override;
 

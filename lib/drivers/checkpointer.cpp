@@ -109,7 +109,7 @@ void Checkpointer::Impl::plan(SaveTask& task) {
   std::vector<SavePlan> local;
   local.push_back(planner.create_local_plan());
   auto [plans, metadata] = planner.create_global_plan(std::move(local));
-  plans.at(0).storage_data = detail::RankWriter::data_prefix(0);
+  plans.at(0).storage_data = data_prefix(0, new_save_generation());
   task.plan = planner.finish_plan(std::move(plans.at(0)));
   task.metadata = std::move(metadata);
   task.planned = true;

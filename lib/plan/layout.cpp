@@ -1,6 +1,11 @@
 #include "plan/layout.hpp"
 
+#include <chrono>
+#include <cstdio>
 #include <map>
+#include <mutex>
+#include <random>
+#include <regex>
 
 #include "ringckpt/error.hpp"
 #include "format/safetensors.hpp"
@@ -11,6 +16,39 @@ std::uint64_t SaveLayout::total_bytes() const noexcept {
   std::uint64_t total = 0;
   for (const auto& f : files) total += f.size;
   return total;
+}
+
+namespace {
+std::mutex fixed_generation_mu;
+std::string fixed_generation;  // guarded by fixed_generation_mu
+}  // namespace
+
+void detail::fix_save_generation_for_tests(std::string generation) {
+  std::lock_guard lock(fixed_generation_mu);
+  fixed_generation = std::move(generation);
+}
+
+std::string new_save_generation() {
+  {
+    std::lock_guard lock(fixed_generation_mu);
+    if (!fixed_generation.empty()) return fixed_generation;
+  }
+  std::random_device device;
+  const auto now = static_cast<std::uint64_t>(
+      std::chrono::system_clock::now().time_since_epoch().count());
+  std::mt19937_64 mix((static_cast<std::uint64_t>(device()) << 32) ^ device() ^ now);
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(mix()));
+  return text;
+}
+
+std::string data_prefix(int rank, std::string_view generation) {
+  return "__" + std::to_string(rank) + "_" + std::string(generation) + "_";
+}
+
+bool is_data_file_name(std::string_view name) {
+  static const std::regex pattern(R"(__\d+_([0-9a-f]{16}_)?\d+\.safetensors)");
+  return std::regex_match(name.begin(), name.end(), pattern);
 }
 
 std::string safetensors_name(const WriteItem& item) {

@@ -46,6 +46,25 @@ std::string safetensors_shard_name(std::string_view fqn, std::span<const std::in
 // A blob's safetensors entry: this dtype, shape [its byte count].
 inline constexpr DType kBlobDType = DType::U8;
 
+// The names of data files, one implementation for the writer and the clean-up.
+// A save picks a fresh generation (16 lowercase hex digits) on the
+// coordinator; rank r of that save names its files {data_prefix(r, g)}{n}
+// .safetensors, i.e. __{r}_{g}_{n}.safetensors, so a new save never writes
+// over the files an older checkpoint in the same directory still lists.
+std::string new_save_generation();
+std::string data_prefix(int rank, std::string_view generation);
+// Whether `name` (a file name, no directory) is one a save of ringckpt
+// creates: __{r}_{g}_{n}.safetensors, or __{r}_{n}.safetensors of checkpoints
+// written before generations existed.
+bool is_data_file_name(std::string_view name);
+
+namespace detail {
+// For tests only: while set (not empty), new_save_generation() returns
+// `generation` (16 lowercase hex digits), so that a test can predict the
+// names a save will create. Empty: fresh generations again.
+void fix_save_generation_for_tests(std::string generation);
+}  // namespace detail
+
 // Lays `plan` out in files named {prefix}{n}.safetensors (n = 0, 1, ...), a new
 // file begun when the current one already holds max_file_bytes of data (0: no
 // limit). A plan with no items gets no file.

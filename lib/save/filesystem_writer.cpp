@@ -30,15 +30,17 @@ void FileSystemWriter::set_up_storage_writer(bool is_coordinator, int rank) {
 SavePlan FileSystemWriter::prepare_local_plan(SavePlan plan) { return plan; }
 
 std::vector<SavePlan> FileSystemWriter::prepare_global_plan(std::vector<SavePlan> plans) {
+  // One generation for every rank of this save.
+  const std::string generation = new_save_generation();
   for (std::size_t r = 0; r < plans.size(); ++r) {
-    plans[r].storage_data = detail::RankWriter::data_prefix(static_cast<int>(r));
+    plans[r].storage_data = data_prefix(static_cast<int>(r), generation);
   }
   return plans;
 }
 
 WriteResults FileSystemWriter::write_data(const SavePlan& plan, SavePlanner& planner) {
   const std::string prefix = plan.storage_data.empty()
-                                 ? detail::RankWriter::data_prefix(impl_->rank)
+                                 ? data_prefix(impl_->rank, new_save_generation())
                                  : plan.storage_data;
   return impl_->writer.write(plan, prefix, planner);
 }

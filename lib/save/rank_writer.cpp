@@ -1,7 +1,7 @@
 #include "save/rank_writer.hpp"
 
 #include <future>
-#include <regex>
+#include <set>
 #include <utility>
 
 #include "format/metadata_json.hpp"
@@ -12,21 +12,20 @@
 namespace ringckpt::detail {
 namespace {
 
-bool is_data_file_name(const std::string& name) {
-  static const std::regex pattern(R"(__\d+_\d+\.safetensors)");
-  return std::regex_match(name, pattern);
-}
-
-// Removes what an older checkpoint left in dir: its metadata first (from then
-// on it no longer exists), then its data files.
-void remove_old_checkpoint(const std::filesystem::path& dir) {
-  std::filesystem::remove(dir / kMetadataFile);
-  sync_directory(dir);
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    const std::string name = entry.path().filename().string();
-    if (is_data_file_name(name) || name == std::string(kMetadataFile) + ".tmp") {
-      std::filesystem::remove(entry.path());
-    }
+// After a commit: removes from dir every regular file named like a data file
+// (is_data_file_name) that `keep` does not list, i.e. the older generation
+// and what killed saves left. Never follows a link; a file it cannot remove
+// stays (the checkpoint is committed whatever happens here).
+void remove_unlisted_data_files(const std::filesystem::path& dir,
+                                const std::set<std::string>& keep) noexcept {
+  std::error_code ec;
+  std::filesystem::directory_iterator it(dir, ec);
+  for (; !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!is_data_file_name(name) || keep.contains(name)) continue;
+    std::error_code ignored;
+    if (it->symlink_status(ignored).type() != std::filesystem::file_type::regular) continue;
+    std::filesystem::remove(it->path(), ignored);
   }
 }
 
@@ -41,8 +40,6 @@ RankWriter::RankWriter(std::filesystem::path dir, IoOptions io, bool overwrite)
     : dir_(std::move(dir)), io_(std::move(io)), overwrite_(overwrite) {}
 
 RankWriter::~RankWriter() = default;
-
-std::string RankWriter::data_prefix(int rank) { return "__" + std::to_string(rank) + "_"; }
 
 void RankWriter::reset(std::filesystem::path dir) {
   dir_ = std::move(dir);
@@ -63,12 +60,10 @@ void RankWriter::set_up(bool is_coordinator) {
                     (ec ? ec.message() : std::string("not a directory")));
   }
   if (!is_coordinator) return;
-  if (std::filesystem::exists(dir_ / kMetadataFile)) {
-    if (!overwrite_) {
-      throw Error(ErrorCode::kAlreadyExists, (dir_ / kMetadataFile).string(),
-                  "a checkpoint is already saved here; ask for overwrite to replace it");
-    }
-    remove_old_checkpoint(dir_);
+  // With overwrite the old checkpoint stays whole until commit() replaced it.
+  if (!overwrite_ && std::filesystem::exists(dir_ / kMetadataFile)) {
+    throw Error(ErrorCode::kAlreadyExists, (dir_ / kMetadataFile).string(),
+                "a checkpoint is already saved here; ask for overwrite to replace it");
   }
 }
 
@@ -111,7 +106,22 @@ WriteResults RankWriter::write(const SavePlan& plan, std::string_view prefix,
 }
 
 void RankWriter::commit(const Metadata& metadata, const std::vector<WriteResults>& results) {
+  // A stale temporary (write_file_atomically's {name}.tmp) of a killed
+  // commit; only the committing save writes it, so it is no one's now.
+  const std::filesystem::path stale = dir_ / (std::string(kMetadataFile) + ".tmp");
+  std::error_code ec;
+  if (std::filesystem::symlink_status(stale, ec).type() == std::filesystem::file_type::regular) {
+    std::filesystem::remove(stale, ec);
+  }
   write_file_atomically(dir_, kMetadataFile, encode_metadata(metadata, results));
+  std::set<std::string> keep;
+  for (const auto& r : results) {
+    for (const auto& f : r.files) keep.insert(f.relative_path);
+    for (const auto& item : r.items) keep.insert(item.storage_data.relative_path);
+  }
+  for (const auto& f : metadata.files) keep.insert(f.relative_path);
+  for (const auto& [index, info] : metadata.storage_data) keep.insert(info.relative_path);
+  remove_unlisted_data_files(dir_, keep);
 }
 
 void RankWriter::abort() noexcept {

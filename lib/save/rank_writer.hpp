@@ -1,8 +1,7 @@
 // lib/save/rank_writer.hpp — one rank's write of one checkpoint: the only
 // code that creates, writes, commits or removes the files of a checkpoint.
 //
-// It owns, in order: the directory set-up (and the removal of an older
-// checkpoint when asked to overwrite), the layout of the finished plan, the
+// It owns, in order: the directory set-up, the layout of the finished plan, the
 // SaveJob that stages and writes the data files, the commit (metadata.json,
 // written atomically) and the clean-up of a save that will not commit.
 // FileSystemWriter (and so ringckpt::save) and the Checkpointer are built on it.
@@ -33,16 +32,13 @@ class RankWriter {
   RankWriter(const RankWriter&) = delete;
   RankWriter& operator=(const RankWriter&) = delete;
 
-  // The data files of rank r are named {data_prefix(r)}{n}.safetensors.
-  static std::string data_prefix(int rank);
-
   const std::filesystem::path& dir() const noexcept { return dir_; }
   // Points the writer at another directory and forgets the files it created.
   void reset(std::filesystem::path dir);
 
   // Creates the directory. On the coordinator, a directory that already holds
   // a checkpoint is refused (Error kAlreadyExists) unless overwrite was asked
-  // for; then the old checkpoint is removed (its metadata.json first).
+  // for; then the old checkpoint stays as it is until commit() replaces it.
   void set_up(bool is_coordinator);
 
   // Lays `plan` out in files named {prefix}{n}.safetensors, for the next
@@ -59,7 +55,10 @@ class RankWriter {
   WriteResults write(const SavePlan& plan, std::string_view prefix, SavePlanner& planner);
 
   // Commits: metadata.json with `results` recorded, written atomically. Before
-  // it returns the checkpoint does not exist; after, it is durable.
+  // the rename the old checkpoint (if any) is whole; after, the new one is
+  // durable. Then removes every data file (is_data_file_name) the new
+  // metadata.json does not list: the old generation and leftovers of killed
+  // saves. Only the coordinator commits, after every rank's data is durable.
   void commit(const Metadata& metadata, const std::vector<WriteResults>& results);
   // For a save that will not commit: removes exactly the data files this
   // writer's last job created (a job that failed has removed its own already).
