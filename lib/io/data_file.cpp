@@ -11,6 +11,7 @@
 #include <string>
 #include <utility>
 
+#include "io/kill_points.hpp"
 #include "ringckpt/error.hpp"
 
 namespace ringckpt {
@@ -223,6 +224,7 @@ void write_file_atomically(const std::filesystem::path& dir, std::string_view na
     ::unlink(tmp.c_str());
     throw;
   }
+  detail::kill_point("tmp-written");  // tests only (io/kill_points.hpp)
   // rename(2) replaces dir/name itself, even where it is a symbolic link.
   if (::rename(tmp.c_str(), target.c_str()) != 0) {
     const int err = errno;

@@ -7,6 +7,7 @@
 #include "format/metadata_json.hpp"
 #include "io/data_file.hpp"
 #include "io/io_engine.hpp"
+#include "io/kill_points.hpp"
 #include "ringckpt/error.hpp"
 
 namespace ringckpt::detail {
@@ -25,7 +26,7 @@ void remove_unlisted_data_files(const std::filesystem::path& dir,
     if (!is_data_file_name(name) || keep.contains(name)) continue;
     std::error_code ignored;
     if (it->symlink_status(ignored).type() != std::filesystem::file_type::regular) continue;
-    std::filesystem::remove(it->path(), ignored);
+    if (std::filesystem::remove(it->path(), ignored)) kill_point("old-removal");  // tests only
   }
 }
 
@@ -114,6 +115,7 @@ void RankWriter::commit(const Metadata& metadata, const std::vector<WriteResults
     std::filesystem::remove(stale, ec);
   }
   write_file_atomically(dir_, kMetadataFile, encode_metadata(metadata, results));
+  kill_point("renamed");  // tests only (kill_points.hpp)
   std::set<std::string> keep;
   for (const auto& r : results) {
     for (const auto& f : r.files) keep.insert(f.relative_path);

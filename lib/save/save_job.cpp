@@ -14,6 +14,7 @@
 #include "format/extent_checksum.hpp"
 #include "format/file_extents.hpp"
 #include "io/io_engine.hpp"
+#include "io/kill_points.hpp"
 #include "io/slot_engine.hpp"
 #include "ringckpt/error.hpp"
 
@@ -107,6 +108,7 @@ void SaveJobImpl::begin() {
       checksums_[f].resize(count);
       for (std::uint64_t k = 0; k < count; ++k) extents_.push_back(extent_of(f, k, file.size, e));
     }
+    kill_point("data-created");  // tests only (kill_points.hpp)
   } catch (...) {
     slots_.fail(std::current_exception());
   }
@@ -247,6 +249,7 @@ void SaveJobImpl::on_written(std::size_t e, unsigned slot, std::size_t length,
                 "writing extent " + std::to_string(x.index) + " at offset " +
                     std::to_string(x.lo) + " failed: " + why);
   }
+  kill_point("data-written");  // tests only: the first extent written kills
   slots_.end_extent(e, slot);
 }
 
@@ -317,6 +320,7 @@ void SaveJobImpl::deliver() {
   WriteResults results;
   try {
     if (std::exception_ptr error = slots_.error()) std::rethrow_exception(error);
+    kill_point("data-synced");  // tests only (kill_points.hpp)
     for (auto& f : files_) f.close();
     for (std::size_t f = 0; f < layout_.files.size(); ++f) {
       const FileLayout& file = layout_.files[f];
