@@ -327,6 +327,19 @@ BOOST_AUTO_TEST_CASE(missing_data_file_is_named) {
   BOOST_TEST(contains(r.out, "missing"));
 }
 
+BOOST_AUTO_TEST_CASE(leftovers_are_notes_and_exit_0) {
+  CheckpointCopy copy;
+  const std::string leftover = "__0_0123456789abcdef_0.safetensors";
+  {
+    std::ofstream out(copy.dir / leftover, std::ios::binary);
+    out << "half a data file";
+  }
+  const Result r = run("verify " + quoted(copy.dir.string()));
+  BOOST_TEST(r.status == 0, r.out);
+  BOOST_TEST(contains(r.out, "note: " + (copy.dir / leftover).string()), r.out);
+  BOOST_TEST(contains(r.out, "ok: 1 file, "), r.out);
+}
+
 BOOST_AUTO_TEST_CASE(non_checkpoint_directory_is_a_fault) {
   TempDir empty;
   const Result r = run("verify " + quoted(empty.path().string()));

@@ -319,6 +319,30 @@ BOOST_AUTO_TEST_CASE(overlapping_storage_entries_are_refused) {
   expect_intact(c);
 }
 
+// Leftovers of killed saves — a data file metadata.json does not list and a
+// stale metadata.json.tmp — are notes naming them, not faults.
+BOOST_AUTO_TEST_CASE(leftovers_are_notes_not_faults) {
+  PristineCheckpoint c;
+  const fs::path dir = c.copy("leftovers");
+  {
+    const VerifyReport r = verify_within(dir);
+    BOOST_TEST(r.ok());
+    BOOST_TEST(r.notes.empty());
+  }
+  const std::string leftover = "__0_0123456789abcdef_0.safetensors";
+  spit(dir / leftover, "half a data file");
+  spit(dir / (std::string(kMetadataFile) + ".tmp"), "{\"half\": ");
+  spit(dir / "notes.txt", "not a data file: no note");
+  const VerifyReport r = verify_within(dir);
+  BOOST_TEST(r.ok(), faults_text(r));
+  BOOST_TEST(r.files == 1u);
+  BOOST_TEST_REQUIRE(r.notes.size() == 2u);
+  BOOST_TEST(contains(r.notes[0], leftover), r.notes[0]);
+  BOOST_TEST(contains(r.notes[0], "does not list"), r.notes[0]);
+  BOOST_TEST(contains(r.notes[1], std::string(kMetadataFile) + ".tmp"), r.notes[1]);
+  BOOST_TEST(contains(r.notes[1], "stale"), r.notes[1]);
+}
+
 // A header wrong everywhere: the first 16 faults are listed, then a count of
 // the rest (a hostile header of millions of entries makes a bounded report).
 BOOST_AUTO_TEST_CASE(many_header_faults_are_counted) {

@@ -48,7 +48,9 @@ int run_verify(const std::vector<std::string>& args) {
           kCommand, "DIR",
           "Checks the checkpoint in DIR: metadata.json (its own checksum and consistency),\n"
           "each data file's size and safetensors header, and the XXH3 checksum of every\n"
-          "extent. Prints one line per fault and exits 1, or a summary and exits 0.",
+          "extent. Prints one line per fault and exits 1, or a summary and exits 0.\n"
+          "Leftovers of interrupted saves (data files metadata.json does not list, a stale\n"
+          "metadata.json.tmp) are printed as notes; they do not fail the check.",
           options, hidden, positional, args, values)) {
     return *status;
   }
@@ -65,6 +67,7 @@ int run_verify(const std::vector<std::string>& args) {
     report = verify(dir, io,
                     [&bar](std::uint64_t done, std::uint64_t total) { bar.update(done, total); });
   }
+  for (const auto& note : report.notes) std::cout << "note: " << note << '\n';
   if (!report.ok()) {
     for (const auto& fault : report.faults) std::cout << fault_line(fault) << '\n';
     std::cout << "FAILED: " << report.faults.size()

@@ -24,6 +24,12 @@ struct VerifyReport {
   std::uint64_t extents = 0;
   std::uint64_t bytes = 0;
   std::vector<VerifyFault> faults;
+  // What the directory holds besides the checkpoint, which no load reads:
+  // files named like data files that metadata.json does not list (leftovers
+  // of a killed save) and a stale metadata.json.tmp (of a killed commit). The
+  // next save into the directory removes them. Notes, not faults: ok() stays
+  // true. Each names the file.
+  std::vector<std::string> notes;
   bool ok() const noexcept { return faults.empty(); }
 };
 
@@ -33,7 +39,8 @@ struct VerifyReport {
 // not place there), and the XXH3 of every extent of every file. A data file
 // that is not a regular file (a FIFO, directory, device or symbolic link) is a
 // fault and is never opened. Every fault is collected, never thrown (an error
-// of the file system or memory becomes a fault naming the file);
+// of the file system or memory becomes a fault naming the file). Leftovers
+// of killed saves in the directory are listed in `notes`;
 // progress(done, total) is called as bytes are verified.
 VerifyReport verify(const std::filesystem::path& dir, const IoOptions& io = {},
                     const std::function<void(std::uint64_t, std::uint64_t)>& progress = {});

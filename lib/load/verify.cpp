@@ -7,6 +7,7 @@
 #include <map>
 #include <new>
 #include <optional>
+#include <set>
 #include <string_view>
 
 #include "io/data_file.hpp"
@@ -197,6 +198,33 @@ VerifyFault fault_of(const std::string& file, const std::exception& e) {
   return file_fault(file, 0, 0, std::string("verifying it failed: ") + e.what());
 }
 
+// Notes on what `dir` holds that `md` does not list: files named like data
+// files (is_data_file_name) and a stale metadata.json.tmp. Never throws: a
+// directory that cannot be listed gets no notes (the data files' own checks
+// report what cannot be read).
+std::vector<std::string> leftover_notes(const std::filesystem::path& dir, const Metadata& md) {
+  std::vector<std::string> notes;
+  std::set<std::string> listed;
+  for (const FileInfo& f : md.files) listed.insert(f.relative_path);
+  const std::string stale_tmp = std::string(kMetadataFile) + ".tmp";
+  std::error_code ec;
+  std::vector<std::string> names;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    names.push_back(it->path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) {
+    const std::string path = (dir / name).string();
+    if (name == stale_tmp) {
+      notes.push_back(path + ": a stale temporary of an interrupted commit; the next save removes it");
+    } else if (is_data_file_name(name) && !listed.contains(name)) {
+      notes.push_back(path + ": a data file metadata.json does not list (left by an interrupted "
+                             "save); the next save removes it");
+    }
+  }
+  return notes;
+}
+
 void verify_into(VerifyReport& report, const std::filesystem::path& dir, const IoOptions& io,
                  const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
   const std::string metadata_path = (dir / kMetadataFile).string();
@@ -209,6 +237,11 @@ void verify_into(VerifyReport& report, const std::filesystem::path& dir, const I
   } catch (const std::exception& e) {
     report.faults.push_back(fault_of(metadata_path, e));
     return;
+  }
+  try {
+    report.notes = leftover_notes(dir, md);
+  } catch (const std::exception&) {
+    // Notes are a courtesy (out of memory listing them): the checks go on.
   }
   std::map<std::string, std::vector<PlacedItem>> placed;
   for (const auto& [index, info] : md.storage_data) {
