@@ -741,7 +741,8 @@ BOOST_AUTO_TEST_CASE(dynamic_load_planner_materializes_every_item) {
       BOOST_TEST(dtype_name(t->dtype) == dtype_name(original->view.dtype));
       BOOST_TEST(t->shape == original->view.shape, boost::test_tools::per_element());
       BOOST_TEST_REQUIRE(t->nbytes() == original->storage.size());
-      BOOST_TEST(std::memcmp(t->data, original->storage.data(), t->nbytes()) == 0);
+      // memcmp on the empty tensor's null data is undefined, even for 0 bytes.
+      BOOST_TEST((t->nbytes() == 0 || std::memcmp(t->data, original->storage.data(), t->nbytes()) == 0));
     }
   }
   const Bytes* config = std::get_if<Bytes>(loaded.find("config"));
