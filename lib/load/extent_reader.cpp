@@ -159,7 +159,12 @@ void ReadJob::read(std::size_t e, unsigned slot) {
                        }));
 }
 
+// On a staging thread, once every extent has ended: no read uses files_ any
+// more. They are closed here, before run() returns, not when the last
+// reference to the job goes (a staging thread's, later): a load or verify
+// leaves no descriptor open behind it.
 void ReadJob::on_done(std::exception_ptr error) {
+  files_.clear();
   std::lock_guard lock(mu_);
   error_ = std::move(error);
   finished_ = true;
