@@ -1,14 +1,13 @@
 // test_overwrite.cpp — saving over a checkpoint keeps the old one whole until
 // the new metadata.json has committed: a save refused at planning, cancelled,
 // or failing mid-write leaves the old checkpoint loadable byte-exact and
-// nothing of its own behind; a save that commits leaves only its own files;
-// what a killed save left is removed by the next save into the directory.
+// nothing of its own behind (a full disk: test_full_disk.cpp); a save that
+// commits leaves only its own files; what a killed save left is removed by
+// the next save into the directory.
 #define BOOST_TEST_MODULE overwrite
 #include <boost/test/unit_test.hpp>
 
-#include <cerrno>
 #include <chrono>
-#include <cstring>
 #include <cstdint>
 #include <filesystem>
 #include <future>
@@ -36,46 +35,10 @@ struct FaultAfter {
   ~FaultAfter() { detail::inject_io_completion_fault(0); }
 };
 
-// Every name in dir (files, links, directories).
-std::set<std::string> listing(const fs::path& dir) {
-  std::set<std::string> names;
-  for (const auto& e : fs::directory_iterator(dir)) names.insert(e.path().filename().string());
-  return names;
-}
-
-// metadata.json and the data files it lists: all a committed save leaves.
-std::set<std::string> committed_files(const fs::path& dir) {
-  std::set<std::string> names{std::string(kMetadataFile)};
-  for (const auto& f : read_metadata(dir).files) names.insert(f.relative_path);
-  return names;
-}
-
 template <class T>
 bool within(std::shared_future<T>& f, std::chrono::seconds limit = 60s) {
   return f.wait_for(limit) == std::future_status::ready;
 }
-
-// The old checkpoint in dir, as it was saved: its files, its metadata.json
-// and the contents of the model it holds.
-struct Saved {
-  fs::path dir;
-  std::set<std::string> files;
-  std::string metadata;
-  std::vector<std::vector<std::byte>> contents;
-
-  Saved(const fs::path& d, Model& m) : dir(d), files(listing(d)), metadata(slurp(d / kMetadataFile)),
-                                       contents(m.contents()) {
-    BOOST_TEST_REQUIRE((files == committed_files(d)));
-  }
-
-  // Whole, byte-exact, verifying, and nothing beside it.
-  void expect_intact(Checkpointer& ckpt, const Model& m) const {
-    BOOST_TEST((listing(dir) == files), "files of the old checkpoint changed, or new ones left");
-    BOOST_TEST(slurp(dir / kMetadataFile) == metadata);
-    BOOST_TEST(verify(dir, small_io()).ok());
-    BOOST_TEST((load_contents(ckpt, m, dir) == contents));
-  }
-};
 
 AsyncSaveOptions overwrite(StagingMode mode = StagingMode::lazy) {
   AsyncSaveOptions o;
@@ -200,54 +163,6 @@ BOOST_AUTO_TEST_CASE(write_failing_mid_save) {
       old.expect_intact(ckpt, *old_model);
     }
   }
-}
-
-// A full disk: a 2 MiB tmpfs holding a 256 KiB checkpoint; an overwrite of
-// 4 MiB fails with ENOSPC through ringckpt::save and through both completions
-// of the Checkpointer, and the old checkpoint is as it was.
-BOOST_AUTO_TEST_CASE(full_disk) {
-  TmpfsMount mnt(2 << 20);
-  if (!mnt.mounted()) {
-    BOOST_TEST_MESSAGE("cannot mount a 2 MiB tmpfs here (" << mnt.error()
-                                                           << "): the full-disk case is skipped");
-    return;
-  }
-  const fs::path dir = mnt.path() / "latest";
-  Checkpointer ckpt(options(StagingMode::lazy, 1 * MiB));
-  auto old_model = model_of(256 * KiB, 41);
-  ckpt.save(old_model->sd(), dir);
-  const Saved old(dir, *old_model);
-  const std::uint64_t free_before = mnt.free_bytes();
-  auto big = model_of(4 * MiB, 42);
-
-  auto e = error_of([&] { save(big->sd(), dir, overwrite_sync()); });
-  BOOST_TEST_REQUIRE(e.has_value());
-  BOOST_TEST((e->code() == ErrorCode::kIo), e->what());
-  BOOST_TEST(contains(e->what(), std::strerror(ENOSPC)), e->what());
-  old.expect_intact(ckpt, *old_model);
-  BOOST_TEST(mnt.free_bytes() >= free_before, "the new generation's partial file is removed");
-
-  for (StagingMode mode : {StagingMode::bounded, StagingMode::lazy}) {
-    BOOST_TEST_CONTEXT("mode " << mode_name(mode)) {
-      SaveHandle h = ckpt.async_save(big->sd(), dir, overwrite(mode));
-      BOOST_TEST_REQUIRE(within(h.committed));
-      auto s = error_of([&] { h.staged.get(); });
-      auto c = error_of([&] { h.committed.get(); });
-      BOOST_TEST_REQUIRE(s.has_value());
-      BOOST_TEST_REQUIRE(c.has_value());
-      BOOST_TEST((c->code() == ErrorCode::kIo), c->what());
-      BOOST_TEST(contains(c->what(), std::strerror(ENOSPC)), c->what());
-      old.expect_intact(ckpt, *old_model);
-      BOOST_TEST(mnt.free_bytes() >= free_before);
-    }
-  }
-  // The same Checkpointer overwrites fine with what fits.
-  auto fits = model_of(512 * KiB, 43);
-  SaveHandle h = ckpt.async_save(fits->sd(), dir, overwrite());
-  BOOST_TEST_REQUIRE(within(h.committed));
-  h.committed.get();
-  BOOST_TEST((listing(dir) == committed_files(dir)));
-  BOOST_TEST((load_contents(ckpt, *fits, dir) == fits->contents()));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -24,6 +24,7 @@
 #include <span>
 #include <thread>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -664,6 +665,42 @@ class TmpfsMount {
   TempDir dir_;
   bool mounted_ = false;
   std::string error_;
+};
+
+// Every name in dir (files, links, directories).
+inline std::set<std::string> listing(const fs::path& dir) {
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.insert(e.path().filename().string());
+  return names;
+}
+
+// metadata.json and the data files it lists: all a committed save leaves.
+inline std::set<std::string> committed_files(const fs::path& dir) {
+  std::set<std::string> names{std::string(kMetadataFile)};
+  for (const auto& f : read_metadata(dir).files) names.insert(f.relative_path);
+  return names;
+}
+
+// The old checkpoint in dir, as it was saved: its files, its metadata.json
+// and the contents of the model it holds (the overwrite and full_disk suites).
+struct Saved {
+  fs::path dir;
+  std::set<std::string> files;
+  std::string metadata;
+  std::vector<std::vector<std::byte>> contents;
+
+  Saved(const fs::path& d, Model& m)
+      : dir(d), files(listing(d)), metadata(slurp(d / kMetadataFile)), contents(m.contents()) {
+    BOOST_TEST_REQUIRE((files == committed_files(d)));
+  }
+
+  // Whole, byte-exact, verifying, and nothing beside it (no new metadata.json).
+  void expect_intact(Checkpointer& ckpt, const Model& m) const {
+    BOOST_TEST((listing(dir) == files), "files of the old checkpoint changed, or new ones left");
+    BOOST_TEST(slurp(dir / kMetadataFile) == metadata);
+    BOOST_TEST(verify(dir, small_io()).ok());
+    BOOST_TEST((load_contents(ckpt, m, dir) == contents));
+  }
 };
 
 // Destroys `ckpt` on another thread; aborts the run if that takes longer

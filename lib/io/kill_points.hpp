@@ -7,6 +7,8 @@
 // a call costs one comparison of a cached string's size. The points, in the
 // order a save reaches them:
 //   data-created  every data file of the rank created (save_job)
+//   staging       the first extent copied and hashed into its ring slot,
+//                 before any write is submitted (save_job)
 //   data-written  the first extent written, the rest not yet (save_job)
 //   data-synced   every data file fdatasync'ed (save_job)
 //   tmp-written   metadata.json.tmp written and synced, before the rename

@@ -189,6 +189,9 @@ void SaveJobImpl::fill(std::size_t e, unsigned slot) {
   const std::size_t length = x.hi - x.lo;
   std::size_t write_length = length;
   fill_extent(x, dst);
+  // tests only (kill_points.hpp): the first extent copied kills, before this
+  // or any other extent's write is submitted (each fill passes here first).
+  kill_point("staging");
   if (files_[x.file].direct()) {
     // O_DIRECT writes whole 4 KiB blocks: pad the tail, truncate later.
     write_length = round_up(length, kAlignment);
