@@ -28,6 +28,7 @@
 #include <cstdio>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <optional>
 #include <random>
@@ -218,6 +219,22 @@ void expect_fresh_outcome(const fs::path& dir, std::uint64_t seed, bool must_be_
              "the earlier checkpoint beside it");
 }
 
+// Whether any data file in dir holds a non-zero byte: whether any write
+// reached it (a file reserved for O_DIRECT reads as zeros until written).
+bool any_data_written(const fs::path& dir) {
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (!e.is_regular_file() || e.path().extension() != ".safetensors") continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    std::vector<char> buf(64 * KiB);
+    while (in.read(buf.data(), static_cast<std::streamsize>(buf.size())) || in.gcount() > 0) {
+      for (std::streamsize i = 0; i < in.gcount(); ++i) {
+        if (buf[static_cast<std::size_t>(i)] != 0) return true;
+      }
+    }
+  }
+  return false;
+}
+
 // A kill delay drawn uniformly up to 1.2 times how long an unkilled save
 // through each path takes (from its beginning to the child's exit), so that
 // most land inside the save. The estimate is the shortest save seen: a save
@@ -314,6 +331,11 @@ BOOST_AUTO_TEST_CASE(fresh_directory_killed_at_each_point_is_no_checkpoint_or_ve
           const Outcome o = save_in_child(path, dir, seed, false, point);
           BOOST_TEST_REQUIRE((o == Outcome::killed), "the save did not reach " << point);
           ++kills;
+          if (point == "data-created" || point == "staging") {
+            BOOST_TEST(!any_data_written(dir), "a write was submitted before " << point);
+          } else if (point == "data-written") {
+            BOOST_TEST(any_data_written(dir), "no extent written at " << point);
+          }
           expect_fresh_outcome(dir, seed, committed_at(point), committed_at(point), earlier,
                                kEarlierSeed);
           expect_next_save_clean(path, dir, seed + 1);
