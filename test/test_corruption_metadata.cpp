@@ -71,6 +71,19 @@ BOOST_AUTO_TEST_CASE(damaged_metadata_json) {
       {"bit flip that breaks the JSON", [](std::string s) { s[0] ^= 1; return s; }, "JSON"},
       {"cut in half", [](std::string s) { return s.substr(0, s.size() / 2); }, "JSON"},
       {"empty", [](std::string) { return std::string(); }, "JSON"},
+      // The document must end exactly as written, "}" and one newline: even
+      // whitespace after it, which JSON ignores, is refused.
+      {"a newline appended", [](std::string s) { return s + "\n"; }, "trailing bytes"},
+      {"a space appended", [](std::string s) { return s + " "; }, "trailing bytes"},
+      {"the final newline changed to a space",
+       [](std::string s) {
+         BOOST_TEST_REQUIRE(s.ends_with("}\n"));
+         s.back() = ' ';
+         return s;
+       },
+       "trailing bytes"},
+      {"the final newline removed", [](std::string s) { s.pop_back(); return s; },
+       "trailing bytes"},
   };
   int n = 0;
   for (const auto& k : cases) {

@@ -124,19 +124,20 @@ BOOST_AUTO_TEST_CASE(truncations_and_extensions_are_all_caught) {
     const std::string pristine = slurp(p);
     const std::uint64_t size = pristine.size();
     std::vector<std::string> damaged;
-    // Cut inside the content: metadata.json's trailing newline is not content
-    // (see below).
-    const std::uint64_t end =
-        file == c.data ? size : pristine.find_last_not_of(" \t\r\n") + std::uint64_t{1};
-    for (std::uint64_t n : {std::uint64_t{0}, std::uint64_t{1}, std::uint64_t{8}, end / 3,
-                            end / 2, end - 4096, end - 1}) {
-      if (n < end) damaged.push_back(pristine.substr(0, n));
+    // Cut anywhere, the last byte (metadata.json's final newline) included.
+    for (std::uint64_t n : {std::uint64_t{0}, std::uint64_t{1}, std::uint64_t{8}, size / 3,
+                            size / 2, size - 4096, size - 1}) {
+      if (n < size) damaged.push_back(pristine.substr(0, n));
     }
-    // Whitespace after the document's closing brace does not change
-    // metadata.json (its checksum and JSON both ignore it, as an editor's
-    // trailing newline); appended to a data file it is damage like any byte.
-    std::vector<std::string> tails = {"x", "{}", std::string(4096, '\0')};
-    if (file == c.data) tails.insert(tails.end(), {"\n", " "});
+    // Anything appended is damage, whitespace included: metadata.json must
+    // end exactly as written ("}" and one newline), as a data file must.
+    std::vector<std::string> tails = {"x", "{}", std::string(4096, '\0'), "\n", " ", "\r\n"};
+    // The last byte changed into other whitespace.
+    for (const char last : {' ', '\r', '\t'}) {
+      std::string changed = pristine;
+      changed.back() = last;
+      damaged.push_back(changed);
+    }
     for (const std::string& tail : tails) damaged.push_back(pristine + tail);
     planned += damaged.size();
     for (const std::string& bytes : damaged) {

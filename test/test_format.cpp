@@ -100,7 +100,7 @@ std::string reseal(json::object doc) {
     if (kv.key() != "checksum") body.emplace(kv.key(), kv.value());
   }
   body.emplace("checksum", checksum_hex(checksum_of(as_span(json::serialize(body)))));
-  return json::serialize(body);
+  return json::serialize(body) + "\n";  // as encode_metadata ends it
 }
 
 json::object sample_document() {

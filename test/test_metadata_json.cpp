@@ -36,11 +36,11 @@ Metadata small_metadata() {
 }
 
 // `body` (a JSON object's text, without checksum) sealed as encode_metadata
-// seals a document: its checksum appended as its last member.
+// seals a document: its checksum appended as its last member, then a newline.
 std::string seal(std::string body) {
   const std::uint64_t sum = checksum_of(std::as_bytes(std::span<const char>(body)));
   body.pop_back();  // '}'
-  return body + ",\"checksum\":\"" + checksum_hex(sum) + "\"}";
+  return body + ",\"checksum\":\"" + checksum_hex(sum) + "\"}\n";
 }
 
 // The document of small_metadata without its checksum, as a DOM to edit.
@@ -143,8 +143,8 @@ BOOST_AUTO_TEST_CASE(the_checksum_is_judged_before_the_fields) {
   json::object doc = document();
   const std::string sealed = seal(json::serialize(doc));
   const auto key = sealed.find(",\"checksum\"");
-  const std::string moved = "{" + sealed.substr(key + 1, sealed.size() - key - 2) + "," +
-                            sealed.substr(1, key - 1) + "}";
+  const std::string moved = "{" + sealed.substr(key + 1, sealed.size() - key - 3) + "," +
+                            sealed.substr(1, key - 1) + "}\n";
   BOOST_CHECK_EXCEPTION(decode_metadata(moved, kMeta), Error,
                         corrupt_with({"checksum mismatch", "not the last member"}));
 }

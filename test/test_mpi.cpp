@@ -110,3 +110,18 @@ BOOST_AUTO_TEST_CASE(a_fault_on_one_rank_fails_every_rank) {
   });
   BOOST_TEST(!std::filesystem::exists(dir.path / "metadata.json"));
 }
+
+// A scatter from rank 0 without one payload per rank fails on every rank
+// with the same error (none is left waiting in the collective), and the
+// coordinator stays usable.
+BOOST_AUTO_TEST_CASE(a_refused_scatter_fails_on_every_rank_alike) {
+  MpiCoordinator mpi;
+  std::string caught;
+  try {
+    mpi.scatter(std::vector<std::string>(mpi.rank() == 0 ? 1 : 0, "x"));
+  } catch (const Error& e) {
+    caught = e.what();
+  }
+  BOOST_TEST(caught.find("one payload per rank") != std::string::npos, caught);
+  BOOST_TEST(mpi.broadcast(mpi.rank() == 0 ? "after" : "") == "after");
+}

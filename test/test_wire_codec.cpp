@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "plan/mpi_layout.hpp"
 #include "plan/wire_codec.hpp"
 #include "ringckpt/checkpoint.hpp"
 #include "ringckpt/coordinator.hpp"
@@ -568,3 +569,56 @@ BOOST_AUTO_TEST_CASE(a_load_error_reaches_every_rank_intact, *utf::timeout(120))
     }
   }
 }
+
+// ================================================================ MPI layout
+// MpiCoordinator's counts and displacements are ints: mpi_layout sums the
+// 64-bit payload sizes and names the first rank that makes them overflow.
+
+BOOST_AUTO_TEST_SUITE(mpi_layout_checks)
+
+BOOST_AUTO_TEST_CASE(sizes_that_fit_are_laid_back_to_back) {
+  const std::vector<std::uint64_t> sizes = {3, 0, 5, 1};
+  const ringckpt::detail::MpiLayout l = ringckpt::detail::mpi_layout(sizes);
+  BOOST_TEST(l.overflowing_rank == -1);
+  BOOST_TEST((l.counts == std::vector<int>{3, 0, 5, 1}));
+  BOOST_TEST((l.displs == std::vector<int>{0, 3, 3, 8}));
+  BOOST_TEST(l.total == 9u);
+  BOOST_TEST(ringckpt::detail::mpi_layout({}).total == 0u);
+  // Exactly INT_MAX bytes in all still fits.
+  const std::uint64_t max = std::numeric_limits<int>::max();
+  const std::vector<std::uint64_t> edge = {max - 10, 10};
+  const ringckpt::detail::MpiLayout e = ringckpt::detail::mpi_layout(edge);
+  BOOST_TEST(e.overflowing_rank == -1);
+  BOOST_TEST(e.total == max);
+  BOOST_TEST(e.displs.back() == std::numeric_limits<int>::max() - 10);
+}
+
+BOOST_AUTO_TEST_CASE(the_rank_that_overflows_int_is_named) {
+  const std::uint64_t max = std::numeric_limits<int>::max();
+  struct Case {
+    std::vector<std::uint64_t> sizes;
+    int rank;
+  };
+  const std::vector<Case> cases = {
+      {{max + 1}, 0},                       // one payload alone
+      {{1, max}, 1},                        // the sum, not any one size
+      {{max / 2, max / 2, 2, 0}, 2},        // the displacement of the next would wrap
+      {{5, std::uint64_t(-1), 1}, 1},       // 64-bit wrap-around is no escape
+      {{0, 0, max, 1}, 3},
+  };
+  for (const Case& k : cases) {
+    BOOST_TEST_CONTEXT("rank " << k.rank) {
+      const ringckpt::detail::MpiLayout l = ringckpt::detail::mpi_layout(k.sizes);
+      BOOST_TEST(l.overflowing_rank == k.rank);
+      BOOST_TEST(l.counts.empty());
+      BOOST_TEST(l.displs.empty());
+    }
+  }
+  const Error e = ringckpt::detail::mpi_overflow_error("MPI_Gatherv", 3, max + 7);
+  BOOST_TEST((e.code() == ErrorCode::kInvalidArgument));
+  BOOST_TEST(e.where() == "rank 3");
+  BOOST_TEST(std::string(e.what()).find("MPI_Gatherv") != std::string::npos);
+  BOOST_TEST(std::string(e.what()).find(std::to_string(max + 7)) != std::string::npos);
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -6,6 +6,9 @@
 #include <utility>
 #include <vector>
 
+#include "drivers/checkpoint_protocol.hpp"
+#include "format/error_translation.hpp"
+#include "format/metadata_json.hpp"
 #include "plan/wire_codec.hpp"
 #include "ringckpt/default_planner.hpp"
 #include "ringckpt/error.hpp"
@@ -33,13 +36,11 @@ std::string guarded(int rank, F&& step) {
     return wire::encode_ok(step());
   } catch (const Relayed& relayed) {
     return relayed.status;
-  } catch (const Error& e) {
-    return wire::encode_failure({rank, e.code(), e.where(), e.message()});
-  } catch (const std::exception& e) {
-    return wire::encode_failure({rank, ErrorCode::kInvalidArgument, "", e.what()});
   } catch (...) {
-    // Whatever a planner or storage throws, this rank stays in the protocol.
-    return wire::encode_failure({rank, ErrorCode::kInvalidArgument, "", "unknown exception"});
+    // Whatever a planner or storage throws (out of memory included), this
+    // rank stays in the protocol and reports it as an Error.
+    const Error e = detail::as_error(std::current_exception(), "");
+    return wire::encode_failure({rank, e.code(), e.where(), e.message()});
   }
 }
 
@@ -147,10 +148,17 @@ void load_single(StateDict& state_dict, StorageReader& reader, LoadPlanner& p) {
   reader.read_data(p.finish_plan(std::move(plans.at(0))), p);
 }
 
+// The rank named in errors of a writer or reader whose files are unknown.
+std::string rank_name(Coordinator* coordinator) {
+  return "rank " + std::to_string(coordinator ? coordinator->rank() : 0);
+}
+
 }  // namespace
 
-Metadata save(const StateDict& state_dict, StorageWriter& writer, SavePlanner* planner,
-              Coordinator* coordinator) {
+namespace detail {
+
+Metadata save_with(const StateDict& state_dict, StorageWriter& writer, SavePlanner* planner,
+                   Coordinator* coordinator) {
   SingleProcess single;
   Coordinator& c = coordinator ? *coordinator : single;
   DefaultSavePlanner default_planner;
@@ -204,8 +212,8 @@ Metadata save(const StateDict& state_dict, StorageWriter& writer, SavePlanner* p
   return is_coordinator ? metadata : Metadata{};
 }
 
-void load(StateDict& state_dict, StorageReader& reader, LoadPlanner* planner,
-          Coordinator* coordinator) {
+void load_with(StateDict& state_dict, StorageReader& reader, LoadPlanner* planner,
+               Coordinator* coordinator) {
   SingleProcess single;
   Coordinator& c = coordinator ? *coordinator : single;
   DefaultLoadPlanner default_planner;
@@ -252,19 +260,42 @@ void load(StateDict& state_dict, StorageReader& reader, LoadPlanner* planner,
   conclude(c.broadcast(std::move(outcome)));
 }
 
+}  // namespace detail
+
+// The public entry points: whatever escapes reaches the caller as an Error
+// naming the checkpoint directory (or, over any storage, the rank).
+
+Metadata save(const StateDict& state_dict, StorageWriter& writer, SavePlanner* planner,
+              Coordinator* coordinator) {
+  return detail::translating_errors(rank_name(coordinator), [&] {
+    return detail::save_with(state_dict, writer, planner, coordinator);
+  });
+}
+
+void load(StateDict& state_dict, StorageReader& reader, LoadPlanner* planner,
+          Coordinator* coordinator) {
+  detail::translating_errors(rank_name(coordinator),
+                             [&] { detail::load_with(state_dict, reader, planner, coordinator); });
+}
+
 Metadata save(const StateDict& state_dict, const std::filesystem::path& dir,
               const SaveOptions& options) {
-  FileSystemWriter writer(dir, options.io, options.overwrite);
-  return save(state_dict, writer, options.planner, options.coordinator);
+  return detail::translating_errors(dir.string(), [&] {
+    FileSystemWriter writer(dir, options.io, options.overwrite);
+    return detail::save_with(state_dict, writer, options.planner, options.coordinator);
+  });
 }
 
 void load(StateDict& state_dict, const std::filesystem::path& dir, const LoadOptions& options) {
-  FileSystemReader reader(dir, options.io);
-  load(state_dict, reader, options.planner, options.coordinator);
+  detail::translating_errors(dir.string(), [&] {
+    FileSystemReader reader(dir, options.io);
+    detail::load_with(state_dict, reader, options.planner, options.coordinator);
+  });
 }
 
 Metadata read_metadata(const std::filesystem::path& dir) {
-  return FileSystemReader(dir).read_metadata();
+  return detail::translating_errors((dir / kMetadataFile).string(),
+                                    [&] { return FileSystemReader(dir).read_metadata(); });
 }
 
 }  // namespace ringckpt

@@ -7,7 +7,9 @@
 #include <deque>
 #include <mutex>
 
+#include "drivers/checkpoint_protocol.hpp"
 #include "drivers/save_completions.hpp"
+#include "format/error_translation.hpp"
 #include "format/file_extents.hpp"
 #include "io/io_engine.hpp"
 #include "load/shared_engine_reader.hpp"
@@ -175,8 +177,8 @@ void Checkpointer::Impl::run(const std::shared_ptr<SaveTask>& task) {
     auto completions = task->completions;
     job = task->writer->start(
         task->plan, *task->planner,
-        {.staged = [completions](std::exception_ptr error) {
-           completions->complete_staged(error);
+        {.staged = [completions, dir = task->dir.string()](std::exception_ptr error) {
+           completions->complete_staged(detail::as_error_ptr(error, dir));
          },
          .written = [this, task](std::exception_ptr error, WriteResults results) {
            // Commit off the staging and I/O threads.
@@ -224,7 +226,7 @@ void Checkpointer::Impl::on_written(const std::shared_ptr<SaveTask>& task,
 // The one way a save ends: its completions fire (outside mu), and the next
 // queued save starts.
 void Checkpointer::Impl::end(const std::shared_ptr<SaveTask>& task, std::exception_ptr error) {
-  task->completions->complete_committed(error);
+  task->completions->complete_committed(detail::as_error_ptr(error, task->dir.string()));
   std::shared_ptr<SaveTask> next;
   {
     std::lock_guard lock(mu);
@@ -288,10 +290,13 @@ void Checkpointer::Impl::close() {
   poster->close();
 }
 
-Checkpointer::Checkpointer(CheckpointerOptions options) : impl_(std::make_shared<Impl>()) {
+// Threads that cannot be started, a ring that cannot be allocated: an Error.
+Checkpointer::Checkpointer(CheckpointerOptions options) try : impl_(std::make_shared<Impl>()) {
   impl_->self = impl_;
   impl_->options = std::move(options);
   impl_->engine = std::make_shared<detail::IoEngine>(impl_->options.io);
+} catch (...) {
+  detail::rethrow_as_error("Checkpointer");
 }
 
 Checkpointer::~Checkpointer() { impl_->close(); }
@@ -307,7 +312,9 @@ std::shared_ptr<SaveTask> Checkpointer::Impl::submit(const StateDict& state_dict
   task->dir = std::move(dir);
   // A snapshot save blocks its caller anyway: plan here, so that a state dict
   // that does not fit the ring is refused at once.
-  if (task->mode == StagingMode::snapshot) plan(*task);
+  if (task->mode == StagingMode::snapshot) {
+    detail::translating_errors(task->dir.string(), [&] { plan(*task); });
+  }
   enqueue(task);
   if (task->mode == StagingMode::snapshot) task->completions->staged().wait();
   return task;
@@ -315,16 +322,21 @@ std::shared_ptr<SaveTask> Checkpointer::Impl::submit(const StateDict& state_dict
 
 SaveHandle Checkpointer::async_save(const StateDict& state_dict, std::filesystem::path dir,
                                     AsyncSaveOptions options) {
-  return SaveHandle(impl_->submit(state_dict, std::move(dir), options)->completions);
+  const std::string where = dir.string();
+  return detail::translating_errors(where, [&] {
+    return SaveHandle(impl_->submit(state_dict, std::move(dir), options)->completions);
+  });
 }
 
 void Checkpointer::start_save(const StateDict& state_dict, std::filesystem::path dir,
                               const AsyncSaveOptions& options, AnyCompletionHandler handler) {
   std::shared_ptr<SaveTask> task;
+  const std::string where = dir.string();
   try {
     task = impl_->submit(state_dict, std::move(dir), options);
   } catch (...) {
-    impl_->poster->post(std::move(handler), std::current_exception());  // snapshot planning
+    // Snapshot planning (already an Error naming the directory), or out of memory.
+    impl_->poster->post(std::move(handler), detail::as_error_ptr(std::current_exception(), where));
     return;
   }
   task->completions->when_committed(std::move(handler));
@@ -332,15 +344,19 @@ void Checkpointer::start_save(const StateDict& state_dict, std::filesystem::path
 
 Metadata Checkpointer::save(const StateDict& state_dict, const std::filesystem::path& dir,
                             AsyncSaveOptions options) {
-  std::shared_ptr<SaveTask> task = impl_->submit(state_dict, dir, options);
-  task->completions->committed().get();
-  return task->metadata;  // with storage_data and files, as committed
+  return detail::translating_errors(dir.string(), [&] {
+    std::shared_ptr<SaveTask> task = impl_->submit(state_dict, dir, options);
+    task->completions->committed().get();
+    return task->metadata;  // with storage_data and files, as committed
+  });
 }
 
 void Checkpointer::load(StateDict& state_dict, const std::filesystem::path& dir,
                         LoadPlanner* planner) {
-  std::unique_ptr<FileSystemReader> reader = SharedEngineReader::open(dir, impl_->engine);
-  ringckpt::load(state_dict, *reader, planner);
+  detail::translating_errors(dir.string(), [&] {
+    std::unique_ptr<FileSystemReader> reader = SharedEngineReader::open(dir, impl_->engine);
+    detail::load_with(state_dict, *reader, planner, nullptr);
+  });
 }
 
 void Checkpointer::start_load(StateDict& state_dict, std::filesystem::path dir,
@@ -363,7 +379,7 @@ void Checkpointer::start_load(StateDict& state_dict, std::filesystem::path dir,
     try {
       load(state_dict, dir, planner);
     } catch (...) {
-      error = std::current_exception();
+      error = detail::as_error_ptr(std::current_exception(), dir.string());
     }
     impl_->poster->post(std::move(p.handler), error);
   });

@@ -29,15 +29,17 @@ namespace {
 namespace json = boost::json;
 using detail::metadata_handler::MetadataHandler;
 
+// How encode_metadata ends metadata.json: the closing brace of the root and
+// one newline. Nothing else may follow the document.
+constexpr std::string_view kDocumentEnd = "}\n";
+
 // The checksum of the document as written without its checksum member, if
 // that member ends it as encode_metadata writes it: ...,"checksum":"<hex>"}
-// (then whitespace). The document without it is the text before the comma
-// and "}".
+// and the newline. The document without it is the text before the comma and
+// "}".
+// REQUIRES: `text` ends with kDocumentEnd (checked before, as its own fault).
 std::optional<std::uint64_t> checksum_without_member(std::string_view text) {
-  while (!text.empty() && (text.back() == ' ' || text.back() == '\n' || text.back() == '\r' ||
-                           text.back() == '\t')) {
-    text.remove_suffix(1);
-  }
+  text.remove_suffix(kDocumentEnd.size() - 1);  // the newline; the brace stays
   constexpr std::string_view kKey = ",\"checksum\":\"";
   constexpr std::size_t kTail = kKey.size() + 16 + 2;  // key, digits, '"', '}'
   if (text.size() < kTail + 1 || !text.ends_with("\"}")) return std::nullopt;
@@ -66,6 +68,12 @@ void check_file_root(const MetadataHandler& h, std::string_view text, const std:
   }
   if (!h.has_checksum) corrupt(where, "missing field 'checksum'");
   if (!h.checksum) corrupt(where, "checksum is " + h.checksum_text + ", not 16 hex digits");
+  // Bytes appended after the document (whitespace included, which JSON
+  // ignores) or its final newline changed are damage like any other byte.
+  if (!text.ends_with(kDocumentEnd)) {
+    corrupt(where, "trailing bytes after the document: " + std::string(kMetadataFile) +
+                       " does not end with '}' and one newline as written");
+  }
   const std::optional<std::uint64_t> computed = checksum_without_member(text);
   if (computed != h.checksum) {
     corrupt(where, std::string("checksum mismatch: ") + kMetadataFile +

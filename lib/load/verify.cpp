@@ -10,6 +10,7 @@
 #include <set>
 #include <string_view>
 
+#include "format/error_translation.hpp"
 #include "io/data_file.hpp"
 #include "load/extent_reader.hpp"
 #include "io/io_engine.hpp"
@@ -192,10 +193,12 @@ std::optional<FileKind> kind_of(const std::filesystem::path& path) {
 }
 
 // A fault for an exception that is not a ringckpt::Error, naming `file`.
+// REQUIRES: called in the handler that caught e.
 VerifyFault fault_of(const std::string& file, const std::exception& e) {
+  const Error error = detail::as_error(std::current_exception(), file);
   if (dynamic_cast<const std::bad_alloc*>(&e) != nullptr)
-    return file_fault(file, 0, 0, "out of memory while verifying it");
-  return file_fault(file, 0, 0, std::string("verifying it failed: ") + e.what());
+    return file_fault(error.where(), 0, 0, "out of memory while verifying it");
+  return file_fault(error.where(), 0, 0, "verifying it failed: " + error.message());
 }
 
 // Notes on what `dir` holds that `md` does not list: files named like data

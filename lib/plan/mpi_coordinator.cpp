@@ -2,90 +2,135 @@
 // included): they travel as MPI_BYTE with explicit counts, never as C strings.
 #include "ringckpt/mpi.hpp"
 
-#include <limits>
-#include <numeric>
+#include <cstdint>
+#include <string>
+#include <vector>
 
+#include "plan/mpi_layout.hpp"
 #include "ringckpt/error.hpp"
 
 namespace ringckpt {
 namespace {
 
-void check(int rc, const char* what) {
+using detail::kMpiIntMax;
+
+// Throws the failure of MPI call `what` on `rank`. (Under MPI's default
+// handler, MPI_ERRORS_ARE_FATAL, a failing call aborts before returning.)
+void check(int rc, const char* what, int rank) {
   if (rc != MPI_SUCCESS) {
     char text[MPI_MAX_ERROR_STRING];
     int length = 0;
     MPI_Error_string(rc, text, &length);
-    throw Error(ErrorCode::kIo, "MPI", std::string(what) + " failed: " + std::string(text, length));
+    throw Error(ErrorCode::kIo, "MPI rank " + std::to_string(rank),
+                std::string(what) + " failed: " + std::string(text, length));
   }
 }
 
-int count_of(std::size_t n) {
-  if (n > static_cast<std::size_t>(std::numeric_limits<int>::max())) {
-    throw Error(ErrorCode::kInvalidArgument, "MPI", "a plan payload exceeds 2 GiB");
-  }
-  return static_cast<int>(n);
-}
+// Rank 0's verdict on a vector collective, broadcast before it so that every
+// rank throws the same error (and none waits in a collective another left).
+struct Verdict {
+  std::int64_t rank = -1;      // the rank whose payload overflows an int count; -1: none
+  std::int64_t size = 0;       // that payload's size
+  std::int64_t payloads = -1;  // scatter: how many payloads, when not one per rank
+};
 
-// Displacements for counts laid back to back.
-std::vector<int> displacements(const std::vector<int>& counts) {
-  std::vector<int> d(counts.size(), 0);
-  std::partial_sum(counts.begin(), counts.end() - 1, d.begin() + 1);
-  return d;
+Verdict share(Verdict v, MPI_Comm comm, const char* call, int rank) {
+  std::int64_t wire[3] = {v.rank, v.size, v.payloads};
+  check(MPI_Bcast(wire, 3, MPI_INT64_T, 0, comm), call, rank);
+  return {wire[0], wire[1], wire[2]};
 }
 
 }  // namespace
 
 MpiCoordinator::MpiCoordinator(MPI_Comm comm) : comm_(comm) {
-  check(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
-  check(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+  check(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank", -1);
+  check(MPI_Comm_size(comm_, &size_), "MPI_Comm_size", rank_);
 }
 
 std::vector<std::string> MpiCoordinator::gather(std::string payload) {
-  const int mine = count_of(payload.size());
-  std::vector<int> counts(rank_ == 0 ? size_ : 0);
-  check(MPI_Gather(&mine, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, comm_), "MPI_Gather");
-  std::vector<int> displs;
-  std::string all;
+  // Sizes travel in 64 bits, so that rank 0 sees a payload too large for an
+  // int count as it is, and the layout is checked before MPI_Gatherv.
+  const std::uint64_t mine = payload.size();
+  std::vector<std::uint64_t> sizes(rank_ == 0 ? size_ : 0);
+  check(MPI_Gather(&mine, 1, MPI_UINT64_T, sizes.data(), 1, MPI_UINT64_T, 0, comm_),
+        "MPI_Gather", rank_);
+  detail::MpiLayout layout;
+  Verdict verdict;
   if (rank_ == 0) {
-    displs = displacements(counts);
-    all.resize(static_cast<std::size_t>(displs.back()) + counts.back());
+    layout = detail::mpi_layout(sizes);
+    if (layout.overflowing_rank >= 0) {
+      verdict = {layout.overflowing_rank,
+                 static_cast<std::int64_t>(sizes[static_cast<std::size_t>(layout.overflowing_rank)])};
+    }
   }
-  check(MPI_Gatherv(payload.data(), mine, MPI_BYTE, all.data(), counts.data(), displs.data(),
-                    MPI_BYTE, 0, comm_),
-        "MPI_Gatherv");
+  verdict = share(verdict, comm_, "MPI_Bcast", rank_);
+  if (verdict.rank >= 0) {
+    throw detail::mpi_overflow_error("MPI_Gatherv", static_cast<int>(verdict.rank),
+                                     static_cast<std::uint64_t>(verdict.size));
+  }
+  std::string all(layout.total, '\0');
+  check(MPI_Gatherv(payload.data(), static_cast<int>(mine), MPI_BYTE, all.data(),
+                    layout.counts.data(), layout.displs.data(), MPI_BYTE, 0, comm_),
+        "MPI_Gatherv", rank_);
   std::vector<std::string> out;
-  for (int r = 0; r < static_cast<int>(counts.size()); ++r) out.push_back(all.substr(displs[r], counts[r]));
+  out.reserve(layout.counts.size());
+  for (std::size_t r = 0; r < layout.counts.size(); ++r) {
+    out.push_back(all.substr(static_cast<std::size_t>(layout.displs[r]),
+                             static_cast<std::size_t>(layout.counts[r])));
+  }
   return out;
 }
 
 std::string MpiCoordinator::scatter(std::vector<std::string> payloads) {
-  std::vector<int> counts;
-  std::vector<int> displs;
+  detail::MpiLayout layout;
+  Verdict verdict;
+  if (rank_ == 0) {
+    if (payloads.size() != static_cast<std::size_t>(size_)) {
+      verdict.payloads = static_cast<std::int64_t>(payloads.size());
+    } else {
+      std::vector<std::uint64_t> sizes;
+      sizes.reserve(payloads.size());
+      for (const auto& p : payloads) sizes.push_back(p.size());
+      layout = detail::mpi_layout(sizes);
+      if (layout.overflowing_rank >= 0) {
+        verdict = {layout.overflowing_rank,
+                   static_cast<std::int64_t>(sizes[static_cast<std::size_t>(layout.overflowing_rank)])};
+      }
+    }
+  }
+  verdict = share(verdict, comm_, "MPI_Bcast", rank_);
+  if (verdict.payloads >= 0) {
+    throw Error(ErrorCode::kInvalidArgument, "MPI rank 0",
+                "scatter needs one payload per rank: " + std::to_string(verdict.payloads) +
+                    " payloads for " + std::to_string(size_) + " ranks");
+  }
+  if (verdict.rank >= 0) {
+    throw detail::mpi_overflow_error("MPI_Scatterv", static_cast<int>(verdict.rank),
+                                     static_cast<std::uint64_t>(verdict.size));
+  }
   std::string all;
   if (rank_ == 0) {
-    if (static_cast<int>(payloads.size()) != size_) {
-      throw Error(ErrorCode::kInvalidArgument, "MPI", "scatter needs one payload per rank");
-    }
-    for (const auto& p : payloads) {
-      counts.push_back(count_of(p.size()));
-      all += p;
-    }
-    displs = displacements(counts);
+    all.reserve(layout.total);
+    for (const auto& p : payloads) all += p;
   }
   int mine = 0;
-  check(MPI_Scatter(counts.data(), 1, MPI_INT, &mine, 1, MPI_INT, 0, comm_), "MPI_Scatter");
+  check(MPI_Scatter(layout.counts.data(), 1, MPI_INT, &mine, 1, MPI_INT, 0, comm_),
+        "MPI_Scatter", rank_);
   std::string out(static_cast<std::size_t>(mine), '\0');
-  check(MPI_Scatterv(all.data(), counts.data(), displs.data(), MPI_BYTE, out.data(), mine,
-                     MPI_BYTE, 0, comm_),
-        "MPI_Scatterv");
+  check(MPI_Scatterv(all.data(), layout.counts.data(), layout.displs.data(), MPI_BYTE,
+                     out.data(), mine, MPI_BYTE, 0, comm_),
+        "MPI_Scatterv", rank_);
   return out;
 }
 
 std::string MpiCoordinator::broadcast(std::string payload) {
-  int n = rank_ == 0 ? count_of(payload.size()) : 0;
-  check(MPI_Bcast(&n, 1, MPI_INT, 0, comm_), "MPI_Bcast");
+  // The size travels in 64 bits, so that every rank refuses one too large
+  // for an int count, not rank 0 alone.
+  std::uint64_t n = rank_ == 0 ? payload.size() : 0;
+  check(MPI_Bcast(&n, 1, MPI_UINT64_T, 0, comm_), "MPI_Bcast", rank_);
+  if (n > kMpiIntMax) throw detail::mpi_overflow_error("MPI_Bcast", 0, n);
   payload.resize(static_cast<std::size_t>(n));
-  check(MPI_Bcast(payload.data(), n, MPI_BYTE, 0, comm_), "MPI_Bcast");
+  check(MPI_Bcast(payload.data(), static_cast<int>(n), MPI_BYTE, 0, comm_), "MPI_Bcast", rank_);
   return payload;
 }
 

@@ -1,14 +1,17 @@
 #include "ringckpt/filesystem_writer.hpp"
 
+#include "format/error_translation.hpp"
 #include "io/io_engine.hpp"
 #include "save/rank_writer.hpp"
 
 namespace ringckpt {
 
-// Every step is the RankWriter's: the write path exists once.
+// Every step is the RankWriter's: the write path exists once. What escapes a
+// step reaches the caller as an Error naming the directory.
 struct FileSystemWriter::Impl {
-  Impl(std::filesystem::path dir, IoOptions io, bool overwrite)
-      : writer(std::move(dir), std::move(io), overwrite) {}
+  Impl(std::filesystem::path d, IoOptions io, bool overwrite)
+      : dir(d.string()), writer(std::move(d), std::move(io), overwrite) {}
+  std::string dir;  // the checkpoint directory, as errors name it
   detail::RankWriter writer;
   int rank = 0;
 };
@@ -19,12 +22,13 @@ FileSystemWriter::FileSystemWriter(std::filesystem::path dir, IoOptions io, bool
 FileSystemWriter::~FileSystemWriter() = default;
 
 void FileSystemWriter::reset(const std::filesystem::path& checkpoint_id) {
+  impl_->dir = checkpoint_id.string();
   impl_->writer.reset(checkpoint_id);
 }
 
 void FileSystemWriter::set_up_storage_writer(bool is_coordinator, int rank) {
   impl_->rank = rank;
-  impl_->writer.set_up(is_coordinator);
+  detail::translating_errors(impl_->dir, [&] { impl_->writer.set_up(is_coordinator); });
 }
 
 SavePlan FileSystemWriter::prepare_local_plan(SavePlan plan) { return plan; }
@@ -42,11 +46,12 @@ WriteResults FileSystemWriter::write_data(const SavePlan& plan, SavePlanner& pla
   const std::string prefix = plan.storage_data.empty()
                                  ? data_prefix(impl_->rank, new_save_generation())
                                  : plan.storage_data;
-  return impl_->writer.write(plan, prefix, planner);
+  return detail::translating_errors(impl_->dir,
+                                    [&] { return impl_->writer.write(plan, prefix, planner); });
 }
 
 void FileSystemWriter::finish(const Metadata& metadata, const std::vector<WriteResults>& results) {
-  impl_->writer.commit(metadata, results);
+  detail::translating_errors(impl_->dir, [&] { impl_->writer.commit(metadata, results); });
 }
 
 void FileSystemWriter::abort() noexcept { impl_->writer.abort(); }

@@ -1,0 +1,18 @@
+// checkpoint_protocol.hpp — DCP's collective save and load protocol over any
+// storage, planner and coordinator, as ringckpt::save / load run it but
+// without translating what escapes: the entry points that know the
+// checkpoint directory (ringckpt::save / load on a path, the Checkpointer)
+// translate with it (format/error_translation.hpp), so the Error names it.
+#pragma once
+
+#include "ringckpt/checkpoint.hpp"
+
+namespace ringckpt::detail {
+
+Metadata save_with(const StateDict& state_dict, StorageWriter& writer, SavePlanner* planner,
+                   Coordinator* coordinator);
+
+void load_with(StateDict& state_dict, StorageReader& reader, LoadPlanner* planner,
+               Coordinator* coordinator);
+
+}  // namespace ringckpt::detail
