@@ -210,12 +210,13 @@ BOOST_AUTO_TEST_CASE(link_at_metadata_json_is_refused_or_replaced) {
 
 BOOST_AUTO_TEST_CASE(create_refuses_a_directory_or_fifo_in_the_way) {
   TempDir dir;
+  const CheckpointDirectory d = CheckpointDirectory::open(dir.path());
   fs::create_directories(dir / "data.safetensors");
-  BOOST_CHECK_EXCEPTION(DataFile::create(dir / "data.safetensors", false), Error,
+  BOOST_CHECK_EXCEPTION(d.create_file("data.safetensors", false), Error,
                         error_is(ErrorCode::kIo, {"data.safetensors", "a directory"}));
   BOOST_TEST(fs::is_directory(dir / "data.safetensors"));
   BOOST_TEST_REQUIRE(::mkfifo((dir / "metadata.json.tmp").c_str(), 0644) == 0);
-  BOOST_CHECK_EXCEPTION(write_file_atomically(dir.path(), "metadata.json", "{}"), Error,
+  BOOST_CHECK_EXCEPTION(d.write_file_atomically("metadata.json", "{}"), Error,
                         error_is(ErrorCode::kIo, {"metadata.json.tmp", "a FIFO"}));
   BOOST_TEST(fs::is_fifo(fs::symlink_status(dir / "metadata.json.tmp")));
   BOOST_TEST(!fs::exists(fs::symlink_status(dir / "metadata.json")));
@@ -350,8 +351,9 @@ BOOST_AUTO_TEST_CASE(metadata_over_the_limit_is_refused_naming_file_and_limit) {
 BOOST_AUTO_TEST_CASE(read_small_file_holds_its_limit) {
   TempDir dir;
   spit(dir / "f", std::string(100, 'x'));
-  BOOST_TEST(read_small_file(dir / "f", 100).size() == 100u);
-  BOOST_CHECK_EXCEPTION(read_small_file(dir / "f", 99), Error,
+  const CheckpointDirectory d = CheckpointDirectory::open(dir.path());
+  BOOST_TEST(d.read_small_file("f", 100).size() == 100u);
+  BOOST_CHECK_EXCEPTION(d.read_small_file("f", 99), Error,
                         error_is(ErrorCode::kCorrupt, {"f", "100 bytes exceeds the limit of 99"}));
 }
 
