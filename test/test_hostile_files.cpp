@@ -8,7 +8,11 @@
 // metadata.json that is a link (even to a faithful copy), a FIFO or a
 // directory, with an error naming the file and never a hang; and a
 // metadata.json over IoOptions::max_metadata_bytes is refused, naming the
-// file and the limit, before it is read.
+// file and the limit, before it is read. Each save, load and verify opens
+// the checkpoint directory once and names its files relative to that handle:
+// the path swapped for a link to another directory mid-operation changes
+// nothing (the link's target stays as it was), and names that would leave the
+// directory are refused.
 
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -22,6 +26,7 @@
 #include <filesystem>
 #include <functional>
 #include <future>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -303,6 +308,178 @@ BOOST_AUTO_TEST_CASE(dev_zero_behind_a_link_is_refused) {
     fs::create_symlink("/dev/zero", dir / name);
     expect_refused(c, dir, dir / name);
   }
+}
+
+// ===========================================================================
+// The directory is opened once: swapping its path for a link mid-operation
+// neither writes into nor reads from the link's target.
+
+namespace {
+
+// Every entry of dir (not recursive): name -> its content, or its type where
+// it is not a regular file. Equal snapshots: the directory is unchanged.
+std::map<std::string, std::string> snapshot(const fs::path& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const fs::file_status st = fs::symlink_status(e.path());
+    out[e.path().filename().string()] =
+        st.type() == fs::file_type::regular
+            ? "file: " + slurp(e.path())
+            : "type " + std::to_string(static_cast<int>(st.type()));
+  }
+  return out;
+}
+
+// Moves dir to `moved` and leaves at dir a symbolic link to `target`.
+void swap_for_link(const fs::path& dir, const fs::path& moved, const fs::path& target) {
+  fs::rename(dir, moved);
+  fs::create_symlink(target, dir);
+}
+
+// Planners that run `hook` once, as the local plan is made: by then the save's
+// writer (the load's reader) has opened the checkpoint directory, and no data
+// file is created (read) yet.
+class HookedSavePlanner final : public DefaultSavePlanner {
+ public:
+  std::function<void()> hook;
+  SavePlan create_local_plan() override {
+    if (hook) std::exchange(hook, nullptr)();
+    return DefaultSavePlanner::create_local_plan();
+  }
+};
+
+class HookedLoadPlanner final : public DefaultLoadPlanner {
+ public:
+  std::function<void()> hook;
+  LoadPlan create_local_plan() override {
+    if (hook) std::exchange(hook, nullptr)();
+    return DefaultLoadPlanner::create_local_plan();
+  }
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(a_save_whose_directory_is_swapped_for_a_link_writes_only_where_it_opened) {
+  PristineCheckpoint c;
+  const std::vector<std::string> variants = {"save into a fresh directory", "save overwriting",
+                                             "Checkpointer lazy save"};
+  for (std::size_t v = 0; v < variants.size(); ++v) {
+    BOOST_TEST_CONTEXT(variants[v]) {
+      const std::string n = std::to_string(v);
+      // The link's target holds a whole checkpoint: a save through the link
+      // would replace its metadata.json and remove its data file.
+      const fs::path victim = c.copy("victim" + n);
+      const auto before = snapshot(victim);
+      const fs::path dir = v == 1 ? c.copy("swap" + n) : c.root / ("swap" + n);
+      fs::create_directories(dir);
+      const fs::path moved = c.root / ("moved" + n);
+      HookedSavePlanner planner;
+      planner.hook = [&] { swap_for_link(dir, moved, victim); };
+      if (v == 2) {
+        Checkpointer ckpt{CheckpointerOptions{small_io()}};
+        AsyncSaveOptions o;
+        o.mode = StagingMode::lazy;
+        o.planner = &planner;
+        ckpt.save(state_dict_of(c), dir, o);
+      } else {
+        SaveOptions o = save_options(&planner);
+        o.overwrite = v == 1;
+        save(state_dict_of(c), dir, o);
+      }
+      BOOST_TEST_REQUIRE(!planner.hook);  // it ran
+      BOOST_TEST(is_link(dir));
+      BOOST_TEST((snapshot(victim) == before));
+      // The checkpoint is whole in the directory the save opened, and an
+      // overwritten one's old data file is gone from there.
+      BOOST_TEST(verify_dir(moved).ok());
+      const std::vector<std::string> names = data_file_names(moved);
+      BOOST_TEST(snapshot(moved).size() == names.size() + 1);  // + metadata.json
+      ZeroedDestination d(c);
+      load(d.sd, moved, load_options());
+      BOOST_TEST(d.matches(c));
+    }
+  }
+  expect_intact(c);
+}
+
+BOOST_AUTO_TEST_CASE(a_load_whose_directory_is_swapped_for_a_link_reads_what_it_opened) {
+  PristineCheckpoint c;
+  // The link's target: the same checkpoint (same file names) with a byte of
+  // every item flipped, so that reading any of it fails its XXH3 check.
+  const fs::path decoy = c.copy("decoy");
+  {
+    std::fstream f(decoy / c.data, std::ios::in | std::ios::out | std::ios::binary);
+    for (const char* fqn : {"enc.weight", "config", "enc.scale", "dec.ids"}) {
+      f.seekp(static_cast<std::streamoff>(c.where(fqn).offset));
+      f.put('\x5a');
+    }
+    BOOST_TEST_REQUIRE(f.good());
+  }
+  const auto before = snapshot(decoy);
+  for (bool checkpointer : {false, true}) {
+    BOOST_TEST_CONTEXT((checkpointer ? "Checkpointer::load" : "ringckpt::load")) {
+      const std::string n = std::to_string(checkpointer);
+      const fs::path dir = c.copy("load-swap" + n);
+      HookedLoadPlanner planner;
+      planner.hook = [&] { swap_for_link(dir, c.root / ("load-moved" + n), decoy); };
+      ZeroedDestination d(c);
+      if (checkpointer) {
+        Checkpointer ckpt{CheckpointerOptions{small_io()}};
+        ckpt.load(d.sd, dir, &planner);
+      } else {
+        load(d.sd, dir, load_options(&planner));
+      }
+      BOOST_TEST_REQUIRE(!planner.hook);
+      BOOST_TEST(is_link(dir));
+      BOOST_TEST(d.matches(c));
+      // A load that starts now opens the decoy, and its flipped bytes are caught.
+      ZeroedDestination d2(c);
+      BOOST_CHECK_EXCEPTION(load(d2.sd, dir, load_options()), Error,
+                            error_is(ErrorCode::kCorrupt, {c.data}));
+      BOOST_TEST(!verify_dir(dir).ok());
+    }
+  }
+  BOOST_TEST((snapshot(decoy) == before));
+  expect_intact(c);
+}
+
+BOOST_AUTO_TEST_CASE(a_link_the_user_names_as_the_directory_is_followed) {
+  PristineCheckpoint c;
+  const fs::path real = c.root / "real";
+  fs::create_directories(real);
+  const fs::path link = c.root / "via-link";
+  fs::create_symlink(real, link);
+  save(state_dict_of(c), link, save_options());
+  BOOST_TEST(is_link(link));
+  BOOST_TEST(fs::is_regular_file(fs::symlink_status(real / kMetadataFile)));
+  BOOST_TEST(verify_dir(link).ok());
+  ZeroedDestination d(c);
+  load(d.sd, link, load_options());
+  BOOST_TEST(d.matches(c));
+}
+
+BOOST_AUTO_TEST_CASE(names_that_leave_the_directory_are_refused) {
+  TempDir dir;
+  fs::create_directories(dir / "sub");
+  spit(dir / "sub" / "f", "in sub");
+  spit(dir / "outside", "outside sub");
+  const CheckpointDirectory d = CheckpointDirectory::open(dir / "sub");
+  const auto refused = error_is(ErrorCode::kInvalidArgument, {"not a plain file name"});
+  for (const std::string bad : {"../outside", "/etc/passwd", "..", ".", "", "a/b"}) {
+    BOOST_TEST_CONTEXT("name " << bad) {
+      BOOST_CHECK_EXCEPTION(d.read_small_file(bad), Error, refused);
+      BOOST_CHECK_EXCEPTION(d.open_read(bad, false), Error, refused);
+      BOOST_CHECK_EXCEPTION(d.stat(bad), Error, refused);
+      BOOST_CHECK_EXCEPTION(d.create_file(bad, false), Error, refused);
+      BOOST_CHECK_EXCEPTION(d.write_file_atomically(bad, "x"), Error, refused);
+      BOOST_CHECK_EXCEPTION(d.rename("f", bad), Error, refused);
+      BOOST_TEST(!d.remove(bad));
+    }
+  }
+  BOOST_TEST(slurp(dir / "outside") == "outside sub");
+  BOOST_TEST(slurp(dir / "sub" / "f") == "in sub");
+  std::vector<std::string> names = d.list();
+  BOOST_TEST(names == std::vector<std::string>{"f"}, boost::test_tools::per_element());
 }
 
 // ===========================================================================
