@@ -55,7 +55,9 @@ IoEngine& RankWriter::engine() {
 }
 
 const CheckpointDirectory& RankWriter::directory() {
-  if (!handle_) handle_ = std::make_shared<const CheckpointDirectory>(CheckpointDirectory::create(dir_));
+  if (!handle_) {
+    handle_ = std::make_shared<const CheckpointDirectory>(CheckpointDirectory::create(dir_));
+  }
   return *handle_;
 }
 

@@ -38,9 +38,10 @@ class RankWriter {
   void reset(std::filesystem::path dir);
 
   // Creates the directory where missing and opens it (CheckpointDirectory):
-  // every later step names its files relative to that handle, until reset(). On the coordinator, a directory that already holds
-  // a checkpoint is refused (Error kAlreadyExists) unless overwrite was asked
-  // for; then the old checkpoint stays as it is until commit() replaces it.
+  // every later step names its files relative to that handle, until reset().
+  // On the coordinator, a directory that already holds a checkpoint is
+  // refused (Error kAlreadyExists) unless overwrite was asked for; then the
+  // old checkpoint stays as it is until commit() replaces it.
   void set_up(bool is_coordinator);
 
   // Lays `plan` out in files named {prefix}{n}.safetensors, for the next

@@ -23,8 +23,8 @@ namespace {
 
 class SaveJobImpl final : public SaveJob, public std::enable_shared_from_this<SaveJobImpl> {
  public:
-  SaveJobImpl(IoEngine& engine, std::shared_ptr<const CheckpointDirectory> dir, const SavePlan& plan,
-              SavePlanner& planner, SaveLayout layout, Callbacks callbacks)
+  SaveJobImpl(IoEngine& engine, std::shared_ptr<const CheckpointDirectory> dir,
+              const SavePlan& plan, SavePlanner& planner, SaveLayout layout, Callbacks callbacks)
       : engine_(engine),
         dir_(std::move(dir)),
         plan_(plan),
