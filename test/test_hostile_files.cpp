@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "load/verify_directory.hpp"
 #include "ringckpt/ringckpt.hpp"
 #include "test_util.hpp"
 
@@ -357,6 +358,19 @@ class HookedLoadPlanner final : public DefaultLoadPlanner {
   }
 };
 
+// The target of a link swapped in: the same checkpoint (same file names) with
+// a byte of every item flipped, so that reading any of it fails its XXH3 check.
+fs::path make_decoy(const PristineCheckpoint& c) {
+  const fs::path decoy = c.copy("decoy");
+  std::fstream f(decoy / c.data, std::ios::in | std::ios::out | std::ios::binary);
+  for (const char* fqn : {"enc.weight", "config", "enc.scale", "dec.ids"}) {
+    f.seekp(static_cast<std::streamoff>(c.where(fqn).offset));
+    f.put('\x5a');
+  }
+  BOOST_TEST_REQUIRE(f.good());
+  return decoy;
+}
+
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(a_save_whose_directory_is_swapped_for_a_link_writes_only_where_it_opened) {
@@ -404,17 +418,7 @@ BOOST_AUTO_TEST_CASE(a_save_whose_directory_is_swapped_for_a_link_writes_only_wh
 
 BOOST_AUTO_TEST_CASE(a_load_whose_directory_is_swapped_for_a_link_reads_what_it_opened) {
   PristineCheckpoint c;
-  // The link's target: the same checkpoint (same file names) with a byte of
-  // every item flipped, so that reading any of it fails its XXH3 check.
-  const fs::path decoy = c.copy("decoy");
-  {
-    std::fstream f(decoy / c.data, std::ios::in | std::ios::out | std::ios::binary);
-    for (const char* fqn : {"enc.weight", "config", "enc.scale", "dec.ids"}) {
-      f.seekp(static_cast<std::streamoff>(c.where(fqn).offset));
-      f.put('\x5a');
-    }
-    BOOST_TEST_REQUIRE(f.good());
-  }
+  const fs::path decoy = make_decoy(c);
   const auto before = snapshot(decoy);
   for (bool checkpointer : {false, true}) {
     BOOST_TEST_CONTEXT((checkpointer ? "Checkpointer::load" : "ringckpt::load")) {
@@ -441,6 +445,29 @@ BOOST_AUTO_TEST_CASE(a_load_whose_directory_is_swapped_for_a_link_reads_what_it_
   }
   BOOST_TEST((snapshot(decoy) == before));
   expect_intact(c);
+}
+
+// verify has no hook between opening the directory and reading its files, so
+// the handle it would open is opened here and the path swapped before the
+// verify of that handle (what ringckpt::verify runs once it has opened it).
+BOOST_AUTO_TEST_CASE(a_verify_whose_directory_is_swapped_for_a_link_reads_what_it_opened) {
+  PristineCheckpoint c;
+  const fs::path decoy = make_decoy(c);
+  const auto before = snapshot(decoy);
+  const fs::path dir = c.copy("verify-swap");
+  const CheckpointDirectory handle = CheckpointDirectory::open(dir);
+  swap_for_link(dir, c.root / "verify-moved", decoy);
+  const VerifyReport r = detail::verify_directory(handle, small_io(), {});
+  BOOST_TEST(r.ok(), faults_text(r));
+  BOOST_TEST(r.files == 1u);
+  BOOST_TEST(r.extents == c.md.files[0].extent_checksums.size());
+  // A verify that starts now opens the decoy, and finds its flipped bytes.
+  const VerifyReport through_link = verify_dir(dir);
+  BOOST_TEST(!through_link.ok());
+  BOOST_TEST(any_fault(through_link, [&](const VerifyFault& f) {
+    return contains(f.file, c.data) && contains(f.message, "checksum");
+  }), faults_text(through_link));
+  BOOST_TEST((snapshot(decoy) == before));
 }
 
 BOOST_AUTO_TEST_CASE(a_link_the_user_names_as_the_directory_is_followed) {

@@ -13,6 +13,7 @@
 #include "io/data_file.hpp"
 #include "load/extent_reader.hpp"
 #include "load/metadata_file.hpp"
+#include "load/verify_directory.hpp"
 #include "io/io_engine.hpp"
 #include "format/metadata_json.hpp"
 #include "ringckpt/error.hpp"
@@ -192,15 +193,13 @@ std::vector<std::string> leftover_notes(const CheckpointDirectory& dir, const Me
   return notes;
 }
 
-void verify_into(VerifyReport& report, const std::filesystem::path& path, const IoOptions& io,
+// REQUIRES: dir is open. metadata.json and every data file are read relative
+// to it, so what is verified is the directory as it was opened.
+void verify_into(VerifyReport& report, const CheckpointDirectory& dir, const IoOptions& io,
                  const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
-  const std::string metadata_path = (path / kMetadataFile).string();
-  // Opened once: metadata.json and every data file are read relative to this
-  // handle, so what is verified is the directory as it was opened.
-  CheckpointDirectory dir;
+  const std::string metadata_path = dir.path_of(kMetadataFile).string();
   Metadata md;
   try {
-    dir = detail::open_checkpoint_directory(path);
     std::string text;
     md = detail::read_metadata_file(dir, io.max_metadata_bytes, text);
   } catch (const Error& e) {
@@ -256,7 +255,7 @@ void verify_into(VerifyReport& report, const std::filesystem::path& path, const 
   } catch (const Error& e) {
     report.faults.push_back(file_fault(e.where(), 0, 0, e.message()));
   } catch (const std::exception& e) {
-    report.faults.push_back(fault_of(path.string(), e));
+    report.faults.push_back(fault_of(dir.path().string(), e));
   }
   for (auto& f : faults) {
     report.faults.push_back({std::move(f.file), f.extent, f.offset, f.length, std::move(f.message)});
@@ -265,17 +264,39 @@ void verify_into(VerifyReport& report, const std::filesystem::path& path, const 
 
 }  // namespace
 
-VerifyReport verify(const std::filesystem::path& dir, const IoOptions& io,
-                    const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
+namespace detail {
+
+VerifyReport verify_directory(const CheckpointDirectory& dir, const IoOptions& io,
+                              const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
   VerifyReport report;
   try {
     verify_into(report, dir, io, progress);
   } catch (const Error& e) {
     report.faults.push_back(file_fault(e.where(), 0, 0, e.message()));
   } catch (const std::exception& e) {
-    report.faults.push_back(fault_of(dir.string(), e));
+    report.faults.push_back(fault_of(dir.path().string(), e));
   }
   return report;
+}
+
+}  // namespace detail
+
+VerifyReport verify(const std::filesystem::path& dir, const IoOptions& io,
+                    const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
+  CheckpointDirectory handle;
+  try {
+    // Opened once: everything verify reads is named relative to this handle.
+    handle = detail::open_checkpoint_directory(dir);
+  } catch (const Error& e) {
+    VerifyReport report;
+    report.faults.push_back(file_fault(e.where(), 0, 0, e.message()));
+    return report;
+  } catch (const std::exception& e) {
+    VerifyReport report;
+    report.faults.push_back(fault_of(dir.string(), e));
+    return report;
+  }
+  return detail::verify_directory(handle, io, progress);
 }
 
 }  // namespace ringckpt
