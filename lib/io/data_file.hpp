@@ -1,9 +1,11 @@
-// lib/io/data_file.hpp — opening, sizing and syncing the files of a checkpoint.
+// lib/io/data_file.hpp — the checkpoint directory, opened once, and opening,
+// sizing and syncing the files in it: the only place files are opened,
+// created, renamed, removed or synced.
 #pragma once
 
 #include <cstdint>
-#include <optional>
 #include <filesystem>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
