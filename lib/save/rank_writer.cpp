@@ -128,6 +128,7 @@ void RankWriter::commit(const Metadata& metadata, const std::vector<WriteResults
   for (const auto& f : metadata.files) keep.insert(f.relative_path);
   for (const auto& [index, info] : metadata.storage_data) keep.insert(info.relative_path);
   remove_unlisted_data_files(dir, keep);
+  handle_.reset();  // the save is over: its directory descriptor is closed now
 }
 
 void RankWriter::abort() noexcept {
@@ -135,6 +136,7 @@ void RankWriter::abort() noexcept {
   if (handle_) {
     for (const std::string& name : *created_) handle_->remove(name);
   }
+  handle_.reset();
   created_->clear();
 }
 

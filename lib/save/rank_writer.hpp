@@ -74,7 +74,8 @@ class RankWriter {
   const IoEngine* engine_if_made() const noexcept { return engine_.get(); }
 
  private:
-  // The directory opened by set_up (or the first step that needs it).
+  // The directory opened by set_up (or the first step that needs it); closed
+  // by commit and abort, which end the save.
   const CheckpointDirectory& directory();
 
   std::filesystem::path dir_;

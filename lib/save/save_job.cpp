@@ -26,6 +26,7 @@ class SaveJobImpl final : public SaveJob, public std::enable_shared_from_this<Sa
   SaveJobImpl(IoEngine& engine, std::shared_ptr<const CheckpointDirectory> dir,
               const SavePlan& plan, SavePlanner& planner, SaveLayout layout, Callbacks callbacks)
       : engine_(engine),
+        dir_path_(dir->path()),
         dir_(std::move(dir)),
         plan_(plan),
         planner_(planner),
@@ -57,7 +58,11 @@ class SaveJobImpl final : public SaveJob, public std::enable_shared_from_this<Sa
   std::shared_ptr<SaveJobImpl> self() { return shared_from_this(); }
 
   IoEngine& engine_;
-  const std::shared_ptr<const CheckpointDirectory> dir_;  // where every file is created
+  const std::filesystem::path dir_path_;  // for messages
+  // Where every file is created; released as the job ends (deliver,
+  // cleanup_and_fail: once, after begin), so that a finished job holds no
+  // descriptor of the directory however long it is kept.
+  std::shared_ptr<const CheckpointDirectory> dir_;
   const SavePlan& plan_;
   SavePlanner& planner_;
   const SaveLayout layout_;
@@ -115,7 +120,7 @@ void SaveJobImpl::begin() {
   slots_.start(extents_.size(), self());
 }
 
-void SaveJobImpl::cancel() { slots_.fail(save_cancelled(dir_->path())); }
+void SaveJobImpl::cancel() { slots_.fail(save_cancelled(dir_path_)); }
 
 // The engine is stopping: slots filled but held back for plan order go back.
 void SaveJobImpl::drop_held_back() {
@@ -336,6 +341,7 @@ void SaveJobImpl::deliver() {
     cleanup_and_fail();
     return;
   }
+  dir_.reset();
   // The callback holds the save task, which holds this job: drop it once called.
   std::exchange(callbacks_.written, nullptr)(nullptr, std::move(results));
 }
@@ -349,6 +355,7 @@ void SaveJobImpl::cleanup_and_fail() {
     }
     dir_->remove(layout_.files[f].relative_path);
   }
+  dir_.reset();
   fire_staged(error);
   std::exchange(callbacks_.written, nullptr)(error, {});
 }
