@@ -8,7 +8,11 @@
 // metadata.json that is a link (even to a faithful copy), a FIFO or a
 // directory, with an error naming the file and never a hang; and a
 // metadata.json over IoOptions::max_metadata_bytes is refused, naming the
-// file and the limit, before it is read.
+// file and the limit, before it is read. Each save, load and verify opens
+// the checkpoint directory once and names its files relative to that handle:
+// the path swapped for a link to another directory mid-operation changes
+// nothing (the link's target stays as it was), and names that would leave the
+// directory are refused.
 
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -22,9 +26,11 @@
 #include <filesystem>
 #include <functional>
 #include <future>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "load/verify_directory.hpp"
 #include "ringckpt/ringckpt.hpp"
 #include "test_util.hpp"
 
@@ -210,12 +216,13 @@ BOOST_AUTO_TEST_CASE(link_at_metadata_json_is_refused_or_replaced) {
 
 BOOST_AUTO_TEST_CASE(create_refuses_a_directory_or_fifo_in_the_way) {
   TempDir dir;
+  const CheckpointDirectory d = CheckpointDirectory::open(dir.path());
   fs::create_directories(dir / "data.safetensors");
-  BOOST_CHECK_EXCEPTION(DataFile::create(dir / "data.safetensors", false), Error,
+  BOOST_CHECK_EXCEPTION(d.create_file("data.safetensors", false), Error,
                         error_is(ErrorCode::kIo, {"data.safetensors", "a directory"}));
   BOOST_TEST(fs::is_directory(dir / "data.safetensors"));
   BOOST_TEST_REQUIRE(::mkfifo((dir / "metadata.json.tmp").c_str(), 0644) == 0);
-  BOOST_CHECK_EXCEPTION(write_file_atomically(dir.path(), "metadata.json", "{}"), Error,
+  BOOST_CHECK_EXCEPTION(d.write_file_atomically("metadata.json", "{}"), Error,
                         error_is(ErrorCode::kIo, {"metadata.json.tmp", "a FIFO"}));
   BOOST_TEST(fs::is_fifo(fs::symlink_status(dir / "metadata.json.tmp")));
   BOOST_TEST(!fs::exists(fs::symlink_status(dir / "metadata.json")));
@@ -305,6 +312,204 @@ BOOST_AUTO_TEST_CASE(dev_zero_behind_a_link_is_refused) {
 }
 
 // ===========================================================================
+// The directory is opened once: swapping its path for a link mid-operation
+// neither writes into nor reads from the link's target.
+
+namespace {
+
+// Every entry of dir (not recursive): name -> its content, or its type where
+// it is not a regular file. Equal snapshots: the directory is unchanged.
+std::map<std::string, std::string> snapshot(const fs::path& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const fs::file_status st = fs::symlink_status(e.path());
+    out[e.path().filename().string()] =
+        st.type() == fs::file_type::regular
+            ? "file: " + slurp(e.path())
+            : "type " + std::to_string(static_cast<int>(st.type()));
+  }
+  return out;
+}
+
+// Moves dir to `moved` and leaves at dir a symbolic link to `target`.
+void swap_for_link(const fs::path& dir, const fs::path& moved, const fs::path& target) {
+  fs::rename(dir, moved);
+  fs::create_symlink(target, dir);
+}
+
+// Planners that run `hook` once, as the local plan is made: by then the save's
+// writer (the load's reader) has opened the checkpoint directory, and no data
+// file is created (read) yet.
+class HookedSavePlanner final : public DefaultSavePlanner {
+ public:
+  std::function<void()> hook;
+  SavePlan create_local_plan() override {
+    if (hook) std::exchange(hook, nullptr)();
+    return DefaultSavePlanner::create_local_plan();
+  }
+};
+
+class HookedLoadPlanner final : public DefaultLoadPlanner {
+ public:
+  std::function<void()> hook;
+  LoadPlan create_local_plan() override {
+    if (hook) std::exchange(hook, nullptr)();
+    return DefaultLoadPlanner::create_local_plan();
+  }
+};
+
+// The target of a link swapped in: the same checkpoint (same file names) with
+// a byte of every item flipped, so that reading any of it fails its XXH3 check.
+fs::path make_decoy(const PristineCheckpoint& c) {
+  const fs::path decoy = c.copy("decoy");
+  std::fstream f(decoy / c.data, std::ios::in | std::ios::out | std::ios::binary);
+  for (const char* fqn : {"enc.weight", "config", "enc.scale", "dec.ids"}) {
+    f.seekp(static_cast<std::streamoff>(c.where(fqn).offset));
+    f.put('\x5a');
+  }
+  BOOST_TEST_REQUIRE(f.good());
+  return decoy;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(a_save_whose_directory_is_swapped_for_a_link_writes_only_where_it_opened) {
+  PristineCheckpoint c;
+  const std::vector<std::string> variants = {"save into a fresh directory", "save overwriting",
+                                             "Checkpointer lazy save"};
+  for (std::size_t v = 0; v < variants.size(); ++v) {
+    BOOST_TEST_CONTEXT(variants[v]) {
+      const std::string n = std::to_string(v);
+      // The link's target holds a whole checkpoint: a save through the link
+      // would replace its metadata.json and remove its data file.
+      const fs::path victim = c.copy("victim" + n);
+      const auto before = snapshot(victim);
+      const fs::path dir = v == 1 ? c.copy("swap" + n) : c.root / ("swap" + n);
+      fs::create_directories(dir);
+      const fs::path moved = c.root / ("moved" + n);
+      HookedSavePlanner planner;
+      planner.hook = [&] { swap_for_link(dir, moved, victim); };
+      if (v == 2) {
+        Checkpointer ckpt{CheckpointerOptions{small_io()}};
+        AsyncSaveOptions o;
+        o.mode = StagingMode::lazy;
+        o.planner = &planner;
+        ckpt.save(state_dict_of(c), dir, o);
+      } else {
+        SaveOptions o = save_options(&planner);
+        o.overwrite = v == 1;
+        save(state_dict_of(c), dir, o);
+      }
+      BOOST_TEST_REQUIRE(!planner.hook);  // it ran
+      BOOST_TEST(is_link(dir));
+      BOOST_TEST((snapshot(victim) == before));
+      // The checkpoint is whole in the directory the save opened, and an
+      // overwritten one's old data file is gone from there.
+      BOOST_TEST(verify_dir(moved).ok());
+      const std::vector<std::string> names = data_file_names(moved);
+      BOOST_TEST(snapshot(moved).size() == names.size() + 1);  // + metadata.json
+      ZeroedDestination d(c);
+      load(d.sd, moved, load_options());
+      BOOST_TEST(d.matches(c));
+    }
+  }
+  expect_intact(c);
+}
+
+BOOST_AUTO_TEST_CASE(a_load_whose_directory_is_swapped_for_a_link_reads_what_it_opened) {
+  PristineCheckpoint c;
+  const fs::path decoy = make_decoy(c);
+  const auto before = snapshot(decoy);
+  for (bool checkpointer : {false, true}) {
+    BOOST_TEST_CONTEXT((checkpointer ? "Checkpointer::load" : "ringckpt::load")) {
+      const std::string n = std::to_string(checkpointer);
+      const fs::path dir = c.copy("load-swap" + n);
+      HookedLoadPlanner planner;
+      planner.hook = [&] { swap_for_link(dir, c.root / ("load-moved" + n), decoy); };
+      ZeroedDestination d(c);
+      if (checkpointer) {
+        Checkpointer ckpt{CheckpointerOptions{small_io()}};
+        ckpt.load(d.sd, dir, &planner);
+      } else {
+        load(d.sd, dir, load_options(&planner));
+      }
+      BOOST_TEST_REQUIRE(!planner.hook);
+      BOOST_TEST(is_link(dir));
+      BOOST_TEST(d.matches(c));
+      // A load that starts now opens the decoy, and its flipped bytes are caught.
+      ZeroedDestination d2(c);
+      BOOST_CHECK_EXCEPTION(load(d2.sd, dir, load_options()), Error,
+                            error_is(ErrorCode::kCorrupt, {c.data}));
+      BOOST_TEST(!verify_dir(dir).ok());
+    }
+  }
+  BOOST_TEST((snapshot(decoy) == before));
+  expect_intact(c);
+}
+
+// verify has no hook between opening the directory and reading its files, so
+// the handle it would open is opened here and the path swapped before the
+// verify of that handle (what ringckpt::verify runs once it has opened it).
+BOOST_AUTO_TEST_CASE(a_verify_whose_directory_is_swapped_for_a_link_reads_what_it_opened) {
+  PristineCheckpoint c;
+  const fs::path decoy = make_decoy(c);
+  const auto before = snapshot(decoy);
+  const fs::path dir = c.copy("verify-swap");
+  const CheckpointDirectory handle = CheckpointDirectory::open(dir);
+  swap_for_link(dir, c.root / "verify-moved", decoy);
+  const VerifyReport r = detail::verify_directory(handle, small_io(), {});
+  BOOST_TEST(r.ok(), faults_text(r));
+  BOOST_TEST(r.files == 1u);
+  BOOST_TEST(r.extents == c.md.files[0].extent_checksums.size());
+  // A verify that starts now opens the decoy, and finds its flipped bytes.
+  const VerifyReport through_link = verify_dir(dir);
+  BOOST_TEST(!through_link.ok());
+  BOOST_TEST(any_fault(through_link, [&](const VerifyFault& f) {
+    return contains(f.file, c.data) && contains(f.message, "checksum");
+  }), faults_text(through_link));
+  BOOST_TEST((snapshot(decoy) == before));
+}
+
+BOOST_AUTO_TEST_CASE(a_link_the_user_names_as_the_directory_is_followed) {
+  PristineCheckpoint c;
+  const fs::path real = c.root / "real";
+  fs::create_directories(real);
+  const fs::path link = c.root / "via-link";
+  fs::create_symlink(real, link);
+  save(state_dict_of(c), link, save_options());
+  BOOST_TEST(is_link(link));
+  BOOST_TEST(fs::is_regular_file(fs::symlink_status(real / kMetadataFile)));
+  BOOST_TEST(verify_dir(link).ok());
+  ZeroedDestination d(c);
+  load(d.sd, link, load_options());
+  BOOST_TEST(d.matches(c));
+}
+
+BOOST_AUTO_TEST_CASE(names_that_leave_the_directory_are_refused) {
+  TempDir dir;
+  fs::create_directories(dir / "sub");
+  spit(dir / "sub" / "f", "in sub");
+  spit(dir / "outside", "outside sub");
+  const CheckpointDirectory d = CheckpointDirectory::open(dir / "sub");
+  const auto refused = error_is(ErrorCode::kInvalidArgument, {"not a plain file name"});
+  for (const std::string bad : {"../outside", "/etc/passwd", "..", ".", "", "a/b"}) {
+    BOOST_TEST_CONTEXT("name " << bad) {
+      BOOST_CHECK_EXCEPTION(d.read_small_file(bad), Error, refused);
+      BOOST_CHECK_EXCEPTION(d.open_read(bad, false), Error, refused);
+      BOOST_CHECK_EXCEPTION(d.stat(bad), Error, refused);
+      BOOST_CHECK_EXCEPTION(d.create_file(bad, false), Error, refused);
+      BOOST_CHECK_EXCEPTION(d.write_file_atomically(bad, "x"), Error, refused);
+      BOOST_CHECK_EXCEPTION(d.rename("f", bad), Error, refused);
+      BOOST_TEST(!d.remove(bad));
+    }
+  }
+  BOOST_TEST(slurp(dir / "outside") == "outside sub");
+  BOOST_TEST(slurp(dir / "sub" / "f") == "in sub");
+  std::vector<std::string> names = d.list();
+  BOOST_TEST(names == std::vector<std::string>{"f"}, boost::test_tools::per_element());
+}
+
+// ===========================================================================
 // Bounded reads of metadata.json.
 
 BOOST_AUTO_TEST_CASE(metadata_over_the_limit_is_refused_naming_file_and_limit) {
@@ -350,8 +555,9 @@ BOOST_AUTO_TEST_CASE(metadata_over_the_limit_is_refused_naming_file_and_limit) {
 BOOST_AUTO_TEST_CASE(read_small_file_holds_its_limit) {
   TempDir dir;
   spit(dir / "f", std::string(100, 'x'));
-  BOOST_TEST(read_small_file(dir / "f", 100).size() == 100u);
-  BOOST_CHECK_EXCEPTION(read_small_file(dir / "f", 99), Error,
+  const CheckpointDirectory d = CheckpointDirectory::open(dir.path());
+  BOOST_TEST(d.read_small_file("f", 100).size() == 100u);
+  BOOST_CHECK_EXCEPTION(d.read_small_file("f", 99), Error,
                         error_is(ErrorCode::kCorrupt, {"f", "100 bytes exceeds the limit of 99"}));
 }
 

@@ -89,7 +89,8 @@ SaveRun save_with_job(const fs::path& dir, const StateDict& sd, DefaultSavePlann
     auto written_f = written.get_future();
     FaultAfter fault(fault_nth);
     auto job = detail::SaveJob::start(
-        engine, dir, plan, planner, std::move(layout),
+        engine, std::make_shared<const CheckpointDirectory>(CheckpointDirectory::open(dir)), plan,
+        planner, std::move(layout),
         {.staged = [&](std::exception_ptr e) { staged.set_value(e); },
          .written = [&](std::exception_ptr e, WriteResults) { written.set_value(e); }});
     run.staged = get_within_limit(staged_f, "staged");

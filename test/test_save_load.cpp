@@ -161,7 +161,7 @@ BOOST_AUTO_TEST_CASE(saving_over_a_checkpoint_is_refused_unless_asked) {
   StateDict sd;
   sd.add("x", a.view);
   save(sd, dir.path(), save_options());
-  const std::string before = read_small_file(dir / "metadata.json");
+  const std::string before = test::slurp(dir / "metadata.json");
   StateDict other;
   other.add("x", b.view);
   BOOST_CHECK_EXCEPTION(save(other, dir.path(), save_options()), Error, [](const Error& e) {
@@ -169,7 +169,7 @@ BOOST_AUTO_TEST_CASE(saving_over_a_checkpoint_is_refused_unless_asked) {
            std::string(e.what()).find("metadata.json") != std::string::npos;
   });
   // Nothing already saved was touched.
-  BOOST_TEST(read_small_file(dir / "metadata.json") == before);
+  BOOST_TEST(test::slurp(dir / "metadata.json") == before);
   OwnedTensor back = a.blank_like();
   StateDict into;
   into.add("x", back.view);

@@ -324,7 +324,7 @@ BOOST_AUTO_TEST_CASE(o_direct_is_granted_on_ext4) {
     BOOST_TEST_MESSAGE("skipped: " << dir.path << " is not ext4 (set RINGCKPT_TEST_DIRECT_DIR)");
     return;
   }
-  DataFile w = DataFile::create(dir.path / "d", true);
+  DataFile w = CheckpointDirectory::open(dir.path).create_file("d", true);
   BOOST_TEST(w.direct());
   BOOST_TEST(has_o_direct(w.fd()));
   // O_DIRECT really is in force: ext4 refuses an offset off the block size.
@@ -340,11 +340,11 @@ BOOST_AUTO_TEST_CASE(o_direct_is_granted_on_ext4) {
   w.close();
   BOOST_TEST(w.fd() == -1);
 
-  DataFile r = DataFile::open_read(dir.path / "d", true);
+  DataFile r = CheckpointDirectory::open(dir.path).open_read("d", true);
   BOOST_TEST(r.direct());
   BOOST_TEST(has_o_direct(r.fd()));
   BOOST_TEST(r.path() == dir.path / "d");
-  DataFile plain = DataFile::create(dir.path / "p", false);
+  DataFile plain = CheckpointDirectory::open(dir.path).create_file("p", false);
   BOOST_TEST(!plain.direct());
   BOOST_TEST(!has_o_direct(plain.fd()));
 }
@@ -352,16 +352,24 @@ BOOST_AUTO_TEST_CASE(o_direct_is_granted_on_ext4) {
 BOOST_AUTO_TEST_CASE(o_direct_refused_falls_back_to_buffered) {
   // create never replaces a device (it only creates regular files anew), so
   // a refusal of O_DIRECT is tested on ramfs (file_system_without_o_direct_*).
-  BOOST_CHECK_THROW(DataFile::create("/dev/null", true), Error);
-  struct stat st {};
-  BOOST_TEST_REQUIRE(::lstat("/dev/null", &st) == 0);
-  BOOST_TEST(S_ISCHR(st.st_mode));
+  // Nor does it take a name that leaves its directory.
+  {
+    TempDir dir(direct_base());
+    const CheckpointDirectory d = CheckpointDirectory::open(dir.path);
+    for (const char* bad : {"../f", "a/b", "..", ".", ""}) {
+      BOOST_CHECK_EXCEPTION(d.create_file(bad, true), Error, [](const Error& e) {
+        return e.code() == ErrorCode::kInvalidArgument &&
+               std::string(e.what()).find("not a plain file name") != std::string::npos;
+      });
+    }
+    BOOST_TEST(fs::is_empty(dir.path));
+  }
 
   // tmpfs: since Linux 6.6 it accepts O_DIRECT; either way direct() must say
   // what the kernel granted.
   TempDir shm("/dev/shm");
   BOOST_TEST(fs_type(shm.path) == static_cast<long>(TMPFS_MAGIC));
-  DataFile t = DataFile::create(shm.path / "t", true);
+  DataFile t = CheckpointDirectory::open(shm.path).create_file("t", true);
   BOOST_TEST(t.direct() == has_o_direct(t.fd()));
   BOOST_TEST_MESSAGE("tmpfs O_DIRECT " << (t.direct() ? "granted" : "refused"));
 }
@@ -371,7 +379,7 @@ BOOST_AUTO_TEST_CASE(missing_file_is_not_found_naming_the_path) {
   const fs::path missing = dir.path / "no-such.safetensors";
   for (bool direct : {true, false}) {
     try {
-      DataFile::open_read(missing, direct);
+      CheckpointDirectory::open(dir.path).open_read("no-such.safetensors", direct);
       BOOST_FAIL("open_read of a missing file did not throw");
     } catch (const Error& e) {
       BOOST_TEST((e.code() == ErrorCode::kNotFound));
@@ -380,36 +388,49 @@ BOOST_AUTO_TEST_CASE(missing_file_is_not_found_naming_the_path) {
     }
   }
   try {
-    read_small_file(missing);
+    CheckpointDirectory::open(dir.path).read_small_file("no-such.safetensors");
     BOOST_FAIL("read_small_file of a missing file did not throw");
   } catch (const Error& e) {
     BOOST_TEST((e.code() == ErrorCode::kNotFound));
     BOOST_TEST(e.where() == missing.string());
   }
-  // Creating in a missing directory is an error naming the file, too.
+  // Opening a missing directory is kNotFound naming it; a file is no directory.
   try {
-    DataFile::create(dir.path / "nodir" / "f", true);
-    BOOST_FAIL("create in a missing directory did not throw");
+    CheckpointDirectory::open(dir.path / "nodir");
+    BOOST_FAIL("opening a missing directory did not throw");
   } catch (const Error& e) {
-    BOOST_TEST(e.where() == (dir.path / "nodir" / "f").string());
+    BOOST_TEST((e.code() == ErrorCode::kNotFound));
+    BOOST_TEST(e.where() == (dir.path / "nodir").string());
+  }
+  CheckpointDirectory::open(dir.path).create_file("plain", false);
+  try {
+    CheckpointDirectory::open(dir.path / "plain");
+    BOOST_FAIL("opening a file as a directory did not throw");
+  } catch (const Error& e) {
+    BOOST_TEST((e.code() == ErrorCode::kIo));
+    BOOST_TEST(e.where() == (dir.path / "plain").string());
   }
 }
 
 BOOST_AUTO_TEST_CASE(write_file_atomically_replaces_and_leaves_no_temporary) {
   TempDir dir(direct_base());
-  write_file_atomically(dir.path, "metadata.json", "first");
-  BOOST_TEST(read_small_file(dir.path / "metadata.json") == "first");
+  const CheckpointDirectory d = CheckpointDirectory::open(dir.path);
+  d.write_file_atomically("metadata.json", "first");
+  BOOST_TEST(d.read_small_file("metadata.json") == "first");
   std::string big(200000, 'x');
   big[123456] = 'y';
-  write_file_atomically(dir.path, "metadata.json", big);
-  BOOST_TEST(read_small_file(dir.path / "metadata.json") == big);
-  write_file_atomically(dir.path, "metadata.json", "");
-  BOOST_TEST(read_small_file(dir.path / "metadata.json").empty());
+  d.write_file_atomically("metadata.json", big);
+  BOOST_TEST(d.read_small_file("metadata.json") == big);
+  d.write_file_atomically("metadata.json", "");
+  BOOST_TEST(d.read_small_file("metadata.json").empty());
   std::vector<std::string> names;
   for (auto& e : fs::directory_iterator(dir.path)) names.push_back(e.path().filename().string());
   BOOST_TEST(names == std::vector<std::string>{"metadata.json"}, boost::test_tools::per_element());
-  sync_directory(dir.path);
-  BOOST_CHECK_THROW(sync_directory(dir.path / "missing"), Error);
+  // list() sees the same, every time (each listing reads from the start).
+  for (int i = 0; i < 2; ++i) {
+    BOOST_TEST(d.list() == names, boost::test_tools::per_element());
+  }
+  d.sync();
 }
 
 // write_all (the bench's naive baseline) writes every byte in order, in
@@ -417,7 +438,7 @@ BOOST_AUTO_TEST_CASE(write_file_atomically_replaces_and_leaves_no_temporary) {
 // the file when they cannot work.
 BOOST_AUTO_TEST_CASE(buffered_write_all_then_sync) {
   TempDir dir(direct_base());
-  DataFile f = DataFile::create(dir.path / "naive.bin", false);
+  DataFile f = CheckpointDirectory::open(dir.path).create_file("naive.bin", false);
   std::vector<std::byte> a(300000), b(7);
   fill(a.data(), a.size(), 1);
   fill(b.data(), b.size(), 2);
@@ -427,12 +448,12 @@ BOOST_AUTO_TEST_CASE(buffered_write_all_then_sync) {
   f.sync();
   f.sync_data();
   BOOST_TEST(f.size() == a.size() + b.size());
-  const std::string back = read_small_file(dir.path / "naive.bin");
+  const std::string back = CheckpointDirectory::open(dir.path).read_small_file("naive.bin");
   BOOST_TEST_REQUIRE(back.size() == a.size() + b.size());
   BOOST_TEST(first_mismatch(reinterpret_cast<const std::byte*>(back.data()), a.size(), 1) == a.size());
   BOOST_TEST(std::memcmp(back.data() + a.size(), b.data(), b.size()) == 0);
 
-  DataFile r = DataFile::open_read(dir.path / "naive.bin", false);
+  DataFile r = CheckpointDirectory::open(dir.path).open_read("naive.bin", false);
   try {
     r.write_all(b);  // opened for reading: write(2) answers EBADF
     BOOST_FAIL("write_all on a read-only file did not throw");
@@ -458,7 +479,7 @@ BOOST_AUTO_TEST_CASE(fixed_direct_writes_land_at_their_offsets) {
   BOOST_TEST(q.registered_buffers(), "registration refused: " << notes.all());
   BOOST_TEST(notes.said->empty());
 
-  DataFile f = DataFile::create(dir.path / "__0_0.safetensors", true);
+  DataFile f = CheckpointDirectory::open(dir.path).create_file("__0_0.safetensors", true);
   BOOST_TEST_MESSAGE("O_DIRECT " << (f.direct() ? "on" : "off") << " in " << dir.path);
   write_extents_and_check(q, ring, f, 40);
 }
@@ -471,10 +492,10 @@ BOOST_AUTO_TEST_CASE(fixed_reads_return_what_was_written) {
   BOOST_TEST_REQUIRE(q.registered_buffers());
   const std::size_t n = ring.slot_bytes();
   {
-    DataFile w = DataFile::create(dir.path / "f", true);
+    DataFile w = CheckpointDirectory::open(dir.path).create_file("f", true);
     write_extents_and_check(q, ring, w, 12);
   }
-  DataFile r = DataFile::open_read(dir.path / "f", true);
+  DataFile r = CheckpointDirectory::open(dir.path).open_read("f", true);
   for (unsigned e = 0; e < 12; ++e) {
     const unsigned s = e % 4;
     std::memset(ring.slot_data(s), 0, n);
@@ -497,12 +518,12 @@ BOOST_AUTO_TEST_CASE(a_read_past_end_of_file_returns_the_short_count) {
       auto iov = ring.iovecs();
       UringQueue q(2, iov, true, {});
       {
-        DataFile w = DataFile::create(dir.path / "f", true);
+        DataFile w = CheckpointDirectory::open(dir.path).create_file("f", true);
         fill(ring.slot_data(0), 16 * 1024, 7);
         BOOST_TEST(write_sync(q, w.fd(), 0, ring.slot_data(0), 16 * 1024, 0) == 16 * 1024);
         w.truncate(10000);  // the unaligned tail of a data file
       }
-      DataFile r = DataFile::open_read(dir.path / "f", true);
+      DataFile r = CheckpointDirectory::open(dir.path).open_read("f", true);
       std::byte* p = ring.slot_data(1);
       std::memset(p, 0, 16 * 1024);
       BOOST_TEST(read_sync(q, r.fd(), 1, p, 16 * 1024, 0) == 10000);
@@ -519,14 +540,14 @@ BOOST_AUTO_TEST_CASE(failed_operations_complete_with_negative_errno) {
   StagingRing ring(kAlignment, 1);
   auto iov = ring.iovecs();
   UringQueue q(2, iov, true, {});
-  { DataFile w = DataFile::create(dir.path / "f", false); }
-  DataFile r = DataFile::open_read(dir.path / "f", false);
+  { DataFile w = CheckpointDirectory::open(dir.path).create_file("f", false); }
+  DataFile r = CheckpointDirectory::open(dir.path).open_read("f", false);
   BOOST_TEST(write_sync(q, r.fd(), 0, ring.slot_data(0), kAlignment, 0) == -EBADF);
   BOOST_TEST(write_sync(q, -1, 0, ring.slot_data(0), kAlignment, 0) == -EBADF);
   BOOST_TEST(read_sync(q, -1, 0, ring.slot_data(0), kAlignment, 0) == -EBADF);
   BOOST_TEST(fdatasync_sync(q, -1) == -EBADF);
   // The queue still works after failures.
-  DataFile w = DataFile::create(dir.path / "g", true);
+  DataFile w = CheckpointDirectory::open(dir.path).create_file("g", true);
   BOOST_TEST(write_sync(q, w.fd(), 0, ring.slot_data(0), kAlignment, 0) == 4096);
   BOOST_TEST(fdatasync_sync(q, w.fd()) == 0);
   // An O_DIRECT write from a misaligned offset is refused by ext4.
@@ -548,7 +569,7 @@ BOOST_AUTO_TEST_CASE(a_thousand_operations_from_four_threads_complete_exactly_on
   StagingRing ring(kAlignment, kSlots);
   for (unsigned s = 0; s < kSlots; ++s) fill(ring.slot_data(s), kAlignment, s);
   auto iov = ring.iovecs();
-  DataFile f = DataFile::create(dir.path / "many", true);
+  DataFile f = CheckpointDirectory::open(dir.path).create_file("many", true);
 
   std::vector<std::atomic<int>> calls(kTotal);
   std::vector<std::int64_t> results(kTotal, 0);  // each written once, by its completion
@@ -594,7 +615,7 @@ BOOST_AUTO_TEST_CASE(destruction_finishes_queued_work_and_what_completions_queue
   StagingRing ring(kAlignment, 1);
   fill(ring.slot_data(0), kAlignment, 0);
   auto iov = ring.iovecs();
-  DataFile f = DataFile::create(dir.path / "f", true);
+  DataFile f = CheckpointDirectory::open(dir.path).create_file("f", true);
   std::atomic<int> writes{0}, syncs{0};
   {
     UringQueue q(2, iov, true, {});
@@ -619,11 +640,11 @@ BOOST_AUTO_TEST_CASE(without_registration_plain_operations_are_used) {
   UringQueue q(4, iov, false, notes.callback());
   BOOST_TEST(!q.registered_buffers());
   BOOST_TEST(notes.said->empty(), "not asked for, so nothing is refused: " << notes.all());
-  DataFile f = DataFile::create(dir.path / "f", true);
+  DataFile f = CheckpointDirectory::open(dir.path).create_file("f", true);
   write_extents_and_check(q, ring, f, 10);
   // Unregistered: any aligned memory will do, not only the ring's slots.
   StagingRing other(64 * 1024, 1);
-  DataFile r = DataFile::open_read(dir.path / "f", true);
+  DataFile r = CheckpointDirectory::open(dir.path).open_read("f", true);
   BOOST_TEST(read_sync(q, r.fd(), 0, other.slot_data(0), 64 * 1024, 5 * 64 * 1024) == 64 * 1024);
   BOOST_TEST(first_mismatch(other.slot_data(0), 64 * 1024, 5) == 64u * 1024);
 }
@@ -637,7 +658,7 @@ BOOST_AUTO_TEST_CASE(refused_registration_is_noted_and_falls_back) {
   BOOST_TEST_REQUIRE(notes.said->size() == 1u);
   BOOST_TEST(notes.said->front().find("io_uring buffer registration refused") == 0u);
   BOOST_TEST(notes.said->front().find("using unregistered buffers") != std::string::npos);
-  DataFile f = DataFile::create(dir.path / "f", true);
+  DataFile f = CheckpointDirectory::open(dir.path).create_file("f", true);
   write_extents_and_check(q, ring, f, 6);
 }
 
@@ -646,10 +667,10 @@ BOOST_AUTO_TEST_CASE(buffered_path_on_tmpfs_works) {
   StagingRing ring(64 * 1024, 4);
   auto iov = ring.iovecs();
   UringQueue q(4, iov, false, {});
-  DataFile f = DataFile::create(dir.path / "f", false);
+  DataFile f = CheckpointDirectory::open(dir.path).create_file("f", false);
   BOOST_TEST(!f.direct());
   write_extents_and_check(q, ring, f, 10);
-  DataFile r = DataFile::open_read(dir.path / "f", false);
+  DataFile r = CheckpointDirectory::open(dir.path).open_read("f", false);
   BOOST_TEST(read_sync(q, r.fd(), 2, ring.slot_data(2), 64 * 1024, 9 * 64 * 1024) == 64 * 1024);
   BOOST_TEST(first_mismatch(ring.slot_data(2), 64 * 1024, 9) == 64u * 1024);
 }
@@ -667,13 +688,13 @@ BOOST_AUTO_TEST_CASE(file_system_without_o_direct_falls_back_end_to_end) {
     ~Unmount() { ::umount2(p.c_str(), MNT_DETACH); }
   } unmount{mnt.path};
   BOOST_TEST(fs_type(mnt.path) == static_cast<long>(RAMFS_MAGIC));
-  DataFile f = DataFile::create(mnt.path / "f", true);
+  DataFile f = CheckpointDirectory::open(mnt.path).create_file("f", true);
   BOOST_TEST(!f.direct());
   StagingRing ring(64 * 1024, 4);
   auto iov = ring.iovecs();
   UringQueue q(4, iov, true, {});
   write_extents_and_check(q, ring, f, 8);
-  DataFile r = DataFile::open_read(mnt.path / "f", true);
+  DataFile r = CheckpointDirectory::open(mnt.path).open_read("f", true);
   BOOST_TEST(!r.direct());
 }
 

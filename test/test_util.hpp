@@ -176,7 +176,10 @@ inline std::string first_data_file(const std::filesystem::path& dir) { return da
 
 // ---------------------------------------------------------------- files
 
-inline std::string slurp(const std::filesystem::path& p) { return read_small_file(p); }
+// The whole of regular file p (not a link), read by name in its directory.
+inline std::string slurp(const std::filesystem::path& p) {
+  return CheckpointDirectory::open(p.parent_path()).read_small_file(p.filename().string());
+}
 
 inline void spit(const std::filesystem::path& p, std::string_view content) {
   std::ofstream out(p, std::ios::binary | std::ios::trunc);
@@ -278,7 +281,7 @@ inline SaveOptions save_options(SavePlanner* planner = nullptr,
 
 // The safetensors header of a data file.
 inline SafetensorsHeader read_header(const std::filesystem::path& file) {
-  const std::string bytes = read_small_file(file);
+  const std::string bytes = slurp(file);
   return decode_safetensors_header(std::as_bytes(std::span<const char>(bytes)), bytes.size(),
                                    file.string());
 }

@@ -66,6 +66,12 @@ void for_each_piece(const StateDict& sd, F&& f) {
   }
 }
 
+// The directory a baseline's file lies in, opened to create or read the file
+// by name, as the library opens a checkpoint's files (CheckpointDirectory).
+CheckpointDirectory open_parent(const fs::path& path) {
+  return CheckpointDirectory::open(path.parent_path());
+}
+
 }  // namespace
 
 RawDevice::RawDevice(std::uint64_t extent, unsigned depth, std::uint64_t max_bytes, IoNotes& notes)
@@ -86,7 +92,7 @@ RawDevice::RawDevice(std::uint64_t extent, unsigned depth, std::uint64_t max_byt
 }
 
 double RawDevice::write(const fs::path& path, std::uint64_t bytes) {
-  DataFile file = DataFile::create(path, /*want_direct=*/true);
+  DataFile file = open_parent(path).create_file(path.filename().string(), /*want_direct=*/true);
   direct_ = file.direct();
   const std::uint64_t padded = round_up(bytes, kAlignment);
   const std::size_t ops = static_cast<std::size_t>((padded + extent_ - 1) / extent_);
@@ -110,7 +116,7 @@ double RawDevice::read(const std::vector<fs::path>& paths) {
   std::vector<DataFile> files;
   std::vector<std::uint64_t> sizes;
   for (const auto& p : paths) {
-    files.push_back(DataFile::open_read(p, /*want_direct=*/true));
+    files.push_back(open_parent(p).open_read(p.filename().string(), /*want_direct=*/true));
     direct_ = files.back().direct();
     sizes.push_back(files.back().size());
   }
@@ -133,7 +139,7 @@ double RawDevice::read(const std::vector<fs::path>& paths) {
 
 double naive_write(const fs::path& path, const StateDict& sd, std::uint64_t header_bytes) {
   const auto t0 = Clock::now();
-  DataFile file = DataFile::create(path, /*want_direct=*/false);
+  DataFile file = open_parent(path).create_file(path.filename().string(), /*want_direct=*/false);
   if (header_bytes > 0) {
     const std::vector<std::byte> header(header_bytes, std::byte{' '});
     file.write_all(header);

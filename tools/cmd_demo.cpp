@@ -18,6 +18,8 @@
 #include <vector>
 
 #include "commands.hpp"
+#include "format/metadata_json.hpp"
+#include "io/data_file.hpp"
 #include "io_notes.hpp"
 #include "ringckpt/checkpoint.hpp"
 #include "ringckpt/checkpointer.hpp"
@@ -79,8 +81,14 @@ class DemoDirectory {
       return;
     }
     if (saved != nullptr) {
-      for (const auto& file : saved->files) std::filesystem::remove(path_ / file.relative_path, ec);
-      std::filesystem::remove(path_ / "metadata.json", ec);
+      // By name in the directory itself (never through a link planted there).
+      try {
+        const CheckpointDirectory dir = CheckpointDirectory::open(path_);
+        for (const auto& file : saved->files) dir.remove(file.relative_path);
+        dir.remove(kMetadataFile);
+      } catch (const Error&) {
+        // The directory is gone or unreadable: nothing of ours to remove there.
+      }
     }
     if (created_ && std::filesystem::is_empty(path_, ec)) std::filesystem::remove(path_, ec);
   }

@@ -23,7 +23,7 @@ std::string range_text(std::uint64_t lo, std::uint64_t hi) {
 
 class ReadJob : public std::enable_shared_from_this<ReadJob> {
  public:
-  ReadJob(IoEngine& engine, const std::filesystem::path& dir, std::vector<FileReadTask>& tasks,
+  ReadJob(IoEngine& engine, const CheckpointDirectory& dir, std::vector<FileReadTask>& tasks,
           std::vector<ExtentFault>* faults, const Progress& progress)
       : engine_(engine),
         dir_(dir),
@@ -46,11 +46,11 @@ class ReadJob : public std::enable_shared_from_this<ReadJob> {
              std::uint64_t hi, std::string message);
   void on_done(std::exception_ptr error);
   std::string path_of(std::size_t task) const {
-    return (dir_ / tasks_[task].info.relative_path).string();
+    return dir_.path_of(tasks_[task].info.relative_path).string();
   }
 
   IoEngine& engine_;
-  const std::filesystem::path& dir_;
+  const CheckpointDirectory& dir_;  // every file is opened by name relative to it
   std::vector<FileReadTask>& tasks_;
   std::vector<ExtentFault>* faults_;
   const Progress& progress_;
@@ -94,8 +94,8 @@ void ReadJob::open_files() {
                       " bytes: raise IoOptions::extent_size");
     }
     try {
-      files_[t] = DataFile::open_read(path, engine_.options().direct_io);
-      engine_.record_direct_io(files_[t].direct(), dir_.string());
+      files_[t] = dir_.open_read(info.relative_path, engine_.options().direct_io);
+      engine_.record_direct_io(files_[t].direct(), dir_.path().string());
     } catch (const Error& e) {
       fault(e.code(), path, -1, 0, info.size,
             e.code() == ErrorCode::kNotFound ? "missing data file" : e.message());
@@ -225,7 +225,7 @@ IoOptions read_options(IoOptions io, const std::vector<FileInfo>& files) {
   return io;
 }
 
-void read_extents(IoEngine& engine, const std::filesystem::path& dir,
+void read_extents(IoEngine& engine, const CheckpointDirectory& dir,
                   std::vector<FileReadTask>& tasks, std::vector<ExtentFault>* faults,
                   const Progress& progress) {
   std::make_shared<ReadJob>(engine, dir, tasks, faults, progress)->run();

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "io/data_file.hpp"
 #include "ringckpt/io_options.hpp"
 #include "ringckpt/metadata.hpp"
 
@@ -47,8 +48,9 @@ IoOptions read_options(IoOptions io, const std::vector<FileInfo>& files);
 // Reads what the tasks need through the engine. With faults == nullptr the
 // first fault is thrown as an Error (after in-flight reads finish); otherwise
 // every fault is appended and reading goes on. A file that is missing or not
-// the recorded size is one fault and none of its extents are read.
-void read_extents(IoEngine& engine, const std::filesystem::path& dir,
+// the recorded size is one fault and none of its extents are read. Files are
+// opened by name relative to `dir`, the handle the caller opened once.
+void read_extents(IoEngine& engine, const CheckpointDirectory& dir,
                   std::vector<FileReadTask>& tasks, std::vector<ExtentFault>* faults,
                   const Progress& progress = {});
 

@@ -12,6 +12,7 @@
 #include "io/io_engine.hpp"
 #include "format/tensor_geometry.hpp"
 #include "load/extent_reader.hpp"
+#include "load/metadata_file.hpp"
 #include "load/read_index.hpp"
 #include "load/shared_engine_reader.hpp"
 #include "ringckpt/error.hpp"
@@ -25,6 +26,10 @@ using detail::ReadIndex;
 
 struct FileSystemReader::Impl {
   std::filesystem::path dir;
+  // The directory as this load opened it (read_metadata, or the first step
+  // that needs it after a reset): every file is read relative to it, so the
+  // files read are those of the directory opened at the start.
+  CheckpointDirectory handle;
   IoOptions io;
   std::shared_ptr<IoEngine> engine;
   bool shared_engine = false;
@@ -48,6 +53,11 @@ struct FileSystemReader::Impl {
       metadata_text = std::string();
     }
     return index;
+  }
+
+  const CheckpointDirectory& directory() {
+    if (!handle.is_open()) handle = detail::open_checkpoint_directory(dir);
+    return handle;
   }
 
   // A reader of its own sizes its ring slots for the largest extent on disk.
@@ -79,29 +89,20 @@ FileSystemReader::~FileSystemReader() = default;
 
 void FileSystemReader::reset(const std::filesystem::path& checkpoint_id) {
   impl_->dir = checkpoint_id;
+  impl_->handle = CheckpointDirectory();
 }
 
 Metadata FileSystemReader::read_metadata() {
-  const std::filesystem::path path = impl_->dir / kMetadataFile;
-  std::string where = path.string();
+  // A load starts here: the directory is opened afresh, and read_data reads
+  // from this handle. Bounded (IoOptions::max_metadata_bytes), never
+  // blocking, never through a link.
+  impl_->handle = CheckpointDirectory();
+  impl_->handle = detail::open_checkpoint_directory(impl_->dir);
+  const CheckpointDirectory& dir = impl_->handle;
   std::string text;
-  try {
-    // Bounded (IoOptions::max_metadata_bytes), never blocking, never through a link.
-    text = read_small_file(path, impl_->io.max_metadata_bytes);
-  } catch (const Error& e) {
-    if (e.code() != ErrorCode::kNotFound) throw;
-    throw Error(ErrorCode::kNotFound, where,
-                "not a checkpoint: metadata.json is missing (the save never committed?)");
-  }
-  Metadata md;
-  try {
-    md = decode_metadata(text, where);
-  } catch (const std::bad_alloc&) {
-    throw Error(ErrorCode::kIo, where,
-                "out of memory decoding " + std::to_string(text.size()) + " bytes of metadata");
-  }
+  Metadata md = detail::read_metadata_file(dir, impl_->io.max_metadata_bytes, text);
   impl_->metadata_text = std::move(text);
-  impl_->metadata_path = std::move(where);
+  impl_->metadata_path = dir.path_of(kMetadataFile).string();
   impl_->indexed = false;
   return md;
 }
@@ -190,7 +191,7 @@ void FileSystemReader::read_data(const LoadPlan& plan, LoadPlanner& planner) {
   for (auto& task : tasks) {
     if (!task.runs.empty()) needed.push_back(std::move(task));
   }
-  detail::read_extents(engine, impl_->dir, needed, nullptr);
+  detail::read_extents(engine, impl_->directory(), needed, nullptr);
   for (auto& [item, blob] : blob_items) planner.load_bytes(*item, *blob);
   for (auto& [item, view] : tensor_items) planner.commit_tensor(*item, view);
 }

@@ -13,9 +13,10 @@
 #include "format/error_translation.hpp"
 #include "io/data_file.hpp"
 #include "load/extent_reader.hpp"
+#include "load/metadata_file.hpp"
+#include "load/verify_directory.hpp"
 #include "io/io_engine.hpp"
 #include "format/metadata_json.hpp"
-#include "ringckpt/filesystem_reader.hpp"
 #include "ringckpt/error.hpp"
 #include "format/message_text.hpp"
 #include "format/safetensors.hpp"
@@ -25,22 +26,23 @@
 namespace ringckpt {
 namespace {
 
-// Reads [offset, offset + n) of `path` with plain pread (headers are small:
+// Reads [offset, offset + n) of dir/name with plain pread (headers are small:
 // callers bound n by kMaxSafetensorsHeader). The file is opened as every data
 // file is (a regular file, not a link, FIFO or device), and a range past its
 // fstat size is refused before anything is allocated.
-std::vector<std::byte> pread_range(const std::filesystem::path& path, std::uint64_t offset,
-                                   std::uint64_t n) {
-  DataFile file = DataFile::open_read(path, false);
+std::vector<std::byte> pread_range(const CheckpointDirectory& dir, const std::string& name,
+                                   std::uint64_t offset, std::uint64_t n) {
+  DataFile file = dir.open_read(name, false);
+  const std::string path = file.path().string();
   const std::uint64_t size = file.size();
   if (offset > size || n > size - offset) {
-    throw Error(ErrorCode::kCorrupt, path.string(), "file ends inside its header");
+    throw Error(ErrorCode::kCorrupt, path, "file ends inside its header");
   }
   std::vector<std::byte> out(n);
   std::uint64_t done = 0;
   while (done < n) {
     ssize_t r = ::pread(file.fd(), out.data() + done, n - done, static_cast<off_t>(offset + done));
-    if (r <= 0) throw Error(ErrorCode::kCorrupt, path.string(), "file ends inside its header");
+    if (r <= 0) throw Error(ErrorCode::kCorrupt, path, "file ends inside its header");
     done += static_cast<std::uint64_t>(r);
   }
   return out;
@@ -147,49 +149,14 @@ void compare_header(const SafetensorsHeader& header, const std::string& file,
 
 // Reads the safetensors header of a data file and compares it with what
 // metadata.json places there (compare_header).
-void check_header(const std::filesystem::path& path, const FileInfo& info,
+void check_header(const CheckpointDirectory& dir, const FileInfo& info,
                   const std::vector<PlacedItem>& placed, std::vector<VerifyFault>& out) {
-  auto first8 = pread_range(path, 0, 8);
-  const std::uint64_t n = decode_safetensors_header_length(first8, info.size, path.string());
-  auto bytes = pread_range(path, 0, 8 + n);
-  SafetensorsHeader header = decode_safetensors_header(bytes, info.size, path.string());
-  compare_header(header, path.string(), placed, out);
-}
-
-// What lstat says of a data file (no link followed): nullopt where it is
-// missing; else whether it is a regular file, and its size.
-struct FileKind {
-  bool regular = false;
-  std::string kind;  // of a file that is not regular
-  std::uint64_t size = 0;
-};
-
-std::optional<FileKind> kind_of(const std::filesystem::path& path) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  const fs::file_status st = fs::symlink_status(path, ec);
-  if (st.type() == fs::file_type::not_found) return std::nullopt;
-  if (ec) throw Error(ErrorCode::kIo, path.string(), "cannot stat the data file: " + ec.message());
-  FileKind k;
-  switch (st.type()) {
-    case fs::file_type::regular: {
-      k.regular = true;
-      const std::uintmax_t size = fs::file_size(path, ec);
-      if (ec) {
-        throw Error(ErrorCode::kIo, path.string(), "cannot stat the data file: " + ec.message());
-      }
-      k.size = size;
-      return k;
-    }
-    case fs::file_type::directory: k.kind = "a directory"; break;
-    case fs::file_type::symlink: k.kind = "a symbolic link"; break;
-    case fs::file_type::fifo: k.kind = "a FIFO"; break;
-    case fs::file_type::character: k.kind = "a character device"; break;
-    case fs::file_type::block: k.kind = "a block device"; break;
-    case fs::file_type::socket: k.kind = "a socket"; break;
-    default: k.kind = "not a regular file"; break;
-  }
-  return k;
+  const std::string path = dir.path_of(info.relative_path).string();
+  auto first8 = pread_range(dir, info.relative_path, 0, 8);
+  const std::uint64_t n = decode_safetensors_header_length(first8, info.size, path);
+  auto bytes = pread_range(dir, info.relative_path, 0, 8 + n);
+  SafetensorsHeader header = decode_safetensors_header(bytes, info.size, path);
+  compare_header(header, path, placed, out);
 }
 
 // A fault for an exception that is not a ringckpt::Error, naming `file`.
@@ -205,19 +172,20 @@ VerifyFault fault_of(const std::string& file, const std::exception& e) {
 // files (is_data_file_name) and a stale metadata.json.tmp. Never throws: a
 // directory that cannot be listed gets no notes (the data files' own checks
 // report what cannot be read).
-std::vector<std::string> leftover_notes(const std::filesystem::path& dir, const Metadata& md) {
+std::vector<std::string> leftover_notes(const CheckpointDirectory& dir, const Metadata& md) {
   std::vector<std::string> notes;
   std::set<std::string> listed;
   for (const FileInfo& f : md.files) listed.insert(f.relative_path);
   const std::string stale_tmp = std::string(kMetadataFile) + ".tmp";
-  std::error_code ec;
   std::vector<std::string> names;
-  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    names.push_back(it->path().filename().string());
+  try {
+    names = dir.list();
+  } catch (const Error&) {
+    return notes;
   }
   std::sort(names.begin(), names.end());
   for (const std::string& name : names) {
-    const std::string path = (dir / name).string();
+    const std::string path = dir.path_of(name).string();
     if (name == stale_tmp) {
       notes.push_back(path + ": a stale temporary of an interrupted commit; the next save removes it");
     } else if (is_data_file_name(name) && !listed.contains(name)) {
@@ -228,12 +196,15 @@ std::vector<std::string> leftover_notes(const std::filesystem::path& dir, const 
   return notes;
 }
 
-void verify_into(VerifyReport& report, const std::filesystem::path& dir, const IoOptions& io,
+// REQUIRES: dir is open. metadata.json and every data file are read relative
+// to it, so what is verified is the directory as it was opened.
+void verify_into(VerifyReport& report, const CheckpointDirectory& dir, const IoOptions& io,
                  const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
-  const std::string metadata_path = (dir / kMetadataFile).string();
+  const std::string metadata_path = dir.path_of(kMetadataFile).string();
   Metadata md;
   try {
-    md = FileSystemReader(dir, io).read_metadata();
+    std::string text;
+    md = detail::read_metadata_file(dir, io.max_metadata_bytes, text);
   } catch (const Error& e) {
     report.faults.push_back(file_fault(e.where(), 0, 0, e.message()));
     return;
@@ -254,26 +225,26 @@ void verify_into(VerifyReport& report, const std::filesystem::path& dir, const I
 
   std::vector<detail::FileReadTask> tasks;
   for (const FileInfo& f : md.files) {
-    const std::filesystem::path path = dir / f.relative_path;
+    const std::filesystem::path file_path = dir.path_of(f.relative_path);
     report.files += 1;
     report.extents += f.extent_checksums.size();
     report.bytes += f.size;
-    std::optional<FileKind> kind;
+    std::optional<CheckpointDirectory::Entry> kind;
     try {
-      kind = kind_of(path);
+      kind = dir.stat(f.relative_path);
       // Missing and truncated files are reported by the extent pass.
       if (kind && kind->regular && kind->size == f.size) {
-        check_header(path, f, placed[f.relative_path], report.faults);
+        check_header(dir, f, placed[f.relative_path], report.faults);
       }
     } catch (const Error& e) {
       report.faults.push_back(file_fault(e.where(), 0, 0, e.message()));
     } catch (const std::exception& e) {
-      report.faults.push_back(fault_of(path.string(), e));
+      report.faults.push_back(fault_of(file_path.string(), e));
     }
     if (kind && !kind->regular) {
       // Never opened: a FIFO or device could block or never end.
       report.faults.push_back(
-          file_fault(path.string(), 0, 0, "is " + kind->kind + ", not a regular file"));
+          file_fault(file_path.string(), 0, 0, "is " + kind->kind + ", not a regular file"));
       continue;
     }
     std::uint64_t header = f.size;  // the header ends where the first item begins
@@ -287,7 +258,7 @@ void verify_into(VerifyReport& report, const std::filesystem::path& dir, const I
   } catch (const Error& e) {
     report.faults.push_back(file_fault(e.where(), 0, 0, e.message()));
   } catch (const std::exception& e) {
-    report.faults.push_back(fault_of(dir.string(), e));
+    report.faults.push_back(fault_of(dir.path().string(), e));
   }
   for (auto& f : faults) {
     report.faults.push_back({std::move(f.file), f.extent, f.offset, f.length, std::move(f.message)});
@@ -296,17 +267,39 @@ void verify_into(VerifyReport& report, const std::filesystem::path& dir, const I
 
 }  // namespace
 
-VerifyReport verify(const std::filesystem::path& dir, const IoOptions& io,
-                    const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
+namespace detail {
+
+VerifyReport verify_directory(const CheckpointDirectory& dir, const IoOptions& io,
+                              const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
   VerifyReport report;
   try {
     verify_into(report, dir, io, progress);
   } catch (const Error& e) {
     report.faults.push_back(file_fault(e.where(), 0, 0, e.message()));
   } catch (const std::exception& e) {
-    report.faults.push_back(fault_of(dir.string(), e));
+    report.faults.push_back(fault_of(dir.path().string(), e));
   }
   return report;
+}
+
+}  // namespace detail
+
+VerifyReport verify(const std::filesystem::path& dir, const IoOptions& io,
+                    const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
+  CheckpointDirectory handle;
+  try {
+    // Opened once: everything verify reads is named relative to this handle.
+    handle = detail::open_checkpoint_directory(dir);
+  } catch (const Error& e) {
+    VerifyReport report;
+    report.faults.push_back(file_fault(e.where(), 0, 0, e.message()));
+    return report;
+  } catch (const std::exception& e) {
+    VerifyReport report;
+    report.faults.push_back(fault_of(dir.string(), e));
+    return report;
+  }
+  return detail::verify_directory(handle, io, progress);
 }
 
 }  // namespace ringckpt

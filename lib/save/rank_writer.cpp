@@ -17,16 +17,17 @@ namespace {
 // (is_data_file_name) that `keep` does not list, i.e. the older generation
 // and what killed saves left. Never follows a link; a file it cannot remove
 // stays (the checkpoint is committed whatever happens here).
-void remove_unlisted_data_files(const std::filesystem::path& dir,
+void remove_unlisted_data_files(const CheckpointDirectory& dir,
                                 const std::set<std::string>& keep) noexcept {
-  std::error_code ec;
-  std::filesystem::directory_iterator it(dir, ec);
-  for (; !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (!is_data_file_name(name) || keep.contains(name)) continue;
-    std::error_code ignored;
-    if (it->symlink_status(ignored).type() != std::filesystem::file_type::regular) continue;
-    if (std::filesystem::remove(it->path(), ignored)) kill_point("old-removal");  // tests only
+  try {
+    for (const std::string& name : dir.list()) {
+      if (!is_data_file_name(name) || keep.contains(name)) continue;
+      const auto entry = dir.stat(name);
+      if (!entry || !entry->regular) continue;
+      if (dir.remove(name)) kill_point("old-removal");  // tests only
+    }
+  } catch (const std::exception&) {
+    // Listing failed (or out of memory): the leftovers stay; the next save retries.
   }
 }
 
@@ -44,6 +45,7 @@ RankWriter::~RankWriter() = default;
 
 void RankWriter::reset(std::filesystem::path dir) {
   dir_ = std::move(dir);
+  handle_.reset();
   created_->clear();
 }
 
@@ -52,18 +54,23 @@ IoEngine& RankWriter::engine() {
   return *engine_;
 }
 
-void RankWriter::set_up(bool is_coordinator) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir_, ec);
-  if (ec || !std::filesystem::is_directory(dir_)) {
-    throw Error(ErrorCode::kIo, dir_.string(),
-                "cannot create the checkpoint directory: " +
-                    (ec ? ec.message() : std::string("not a directory")));
+const CheckpointDirectory& RankWriter::directory() {
+  if (!handle_) {
+    handle_ = std::make_shared<const CheckpointDirectory>(CheckpointDirectory::create(dir_));
   }
+  return *handle_;
+}
+
+void RankWriter::set_up(bool is_coordinator) {
+  // The one handle of this save: every file is named relative to it from now on.
+  handle_ = std::make_shared<const CheckpointDirectory>(CheckpointDirectory::create(dir_));
   if (!is_coordinator) return;
   // With overwrite the old checkpoint stays whole until commit() replaced it.
-  if (!overwrite_ && std::filesystem::exists(dir_ / kMetadataFile)) {
-    throw Error(ErrorCode::kAlreadyExists, (dir_ / kMetadataFile).string(),
+  // A symbolic link at metadata.json is no checkpoint (load refuses it): the
+  // commit replaces the link itself.
+  const auto existing = handle_->stat(kMetadataFile);
+  if (!overwrite_ && existing && !existing->symlink) {
+    throw Error(ErrorCode::kAlreadyExists, handle_->path_of(kMetadataFile).string(),
                 "a checkpoint is already saved here; ask for overwrite to replace it");
   }
 }
@@ -86,7 +93,8 @@ std::shared_ptr<SaveJob> RankWriter::start(const SavePlan& plan, SavePlanner& pl
     if (!error) *created = std::move(names);
     written(error, std::move(results));
   };
-  return SaveJob::start(engine(), dir_, plan, planner, std::exchange(layout_, {}),
+  directory();
+  return SaveJob::start(engine(), handle_, plan, planner, std::exchange(layout_, {}),
                         std::move(callbacks));
 }
 
@@ -107,14 +115,10 @@ WriteResults RankWriter::write(const SavePlan& plan, std::string_view prefix,
 }
 
 void RankWriter::commit(const Metadata& metadata, const std::vector<WriteResults>& results) {
-  // A stale temporary (write_file_atomically's {name}.tmp) of a killed
-  // commit; only the committing save writes it, so it is no one's now.
-  const std::filesystem::path stale = dir_ / (std::string(kMetadataFile) + ".tmp");
-  std::error_code ec;
-  if (std::filesystem::symlink_status(stale, ec).type() == std::filesystem::file_type::regular) {
-    std::filesystem::remove(stale, ec);
-  }
-  write_file_atomically(dir_, kMetadataFile, encode_metadata(metadata, results));
+  // A stale temporary ({name}.tmp) of a killed commit, or a link planted in
+  // its place, is removed by write_file_atomically before it writes.
+  const CheckpointDirectory& dir = directory();
+  dir.write_file_atomically(kMetadataFile, encode_metadata(metadata, results));
   kill_point("renamed");  // tests only (kill_points.hpp)
   std::set<std::string> keep;
   for (const auto& r : results) {
@@ -123,14 +127,16 @@ void RankWriter::commit(const Metadata& metadata, const std::vector<WriteResults
   }
   for (const auto& f : metadata.files) keep.insert(f.relative_path);
   for (const auto& [index, info] : metadata.storage_data) keep.insert(info.relative_path);
-  remove_unlisted_data_files(dir_, keep);
+  remove_unlisted_data_files(dir, keep);
+  handle_.reset();  // the save is over: its directory descriptor is closed now
 }
 
 void RankWriter::abort() noexcept {
-  for (const std::string& name : *created_) {
-    std::error_code ignored;
-    std::filesystem::remove(dir_ / name, ignored);
+  // Only in the directory this save opened (no handle: nothing was created).
+  if (handle_) {
+    for (const std::string& name : *created_) handle_->remove(name);
   }
+  handle_.reset();
   created_->clear();
 }
 

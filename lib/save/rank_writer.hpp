@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "io/data_file.hpp"
 #include "plan/layout.hpp"
 #include "ringckpt/io_options.hpp"
 #include "ringckpt/metadata.hpp"
@@ -36,9 +37,11 @@ class RankWriter {
   // Points the writer at another directory and forgets the files it created.
   void reset(std::filesystem::path dir);
 
-  // Creates the directory. On the coordinator, a directory that already holds
-  // a checkpoint is refused (Error kAlreadyExists) unless overwrite was asked
-  // for; then the old checkpoint stays as it is until commit() replaces it.
+  // Creates the directory where missing and opens it (CheckpointDirectory):
+  // every later step names its files relative to that handle, until reset().
+  // On the coordinator, a directory that already holds a checkpoint is
+  // refused (Error kAlreadyExists) unless overwrite was asked for; then the
+  // old checkpoint stays as it is until commit() replaces it.
   void set_up(bool is_coordinator);
 
   // Lays `plan` out in files named {prefix}{n}.safetensors, for the next
@@ -71,7 +74,12 @@ class RankWriter {
   const IoEngine* engine_if_made() const noexcept { return engine_.get(); }
 
  private:
+  // The directory opened by set_up (or the first step that needs it); closed
+  // by commit and abort, which end the save.
+  const CheckpointDirectory& directory();
+
   std::filesystem::path dir_;
+  std::shared_ptr<const CheckpointDirectory> handle_;  // shared with the running job
   IoOptions io_;
   std::shared_ptr<IoEngine> engine_;
   bool overwrite_ = false;

@@ -23,9 +23,10 @@ namespace {
 
 class SaveJobImpl final : public SaveJob, public std::enable_shared_from_this<SaveJobImpl> {
  public:
-  SaveJobImpl(IoEngine& engine, std::filesystem::path dir, const SavePlan& plan,
-              SavePlanner& planner, SaveLayout layout, Callbacks callbacks)
+  SaveJobImpl(IoEngine& engine, std::shared_ptr<const CheckpointDirectory> dir,
+              const SavePlan& plan, SavePlanner& planner, SaveLayout layout, Callbacks callbacks)
       : engine_(engine),
+        dir_path_(dir->path()),
         dir_(std::move(dir)),
         plan_(plan),
         planner_(planner),
@@ -57,7 +58,11 @@ class SaveJobImpl final : public SaveJob, public std::enable_shared_from_this<Sa
   std::shared_ptr<SaveJobImpl> self() { return shared_from_this(); }
 
   IoEngine& engine_;
-  const std::filesystem::path dir_;
+  const std::filesystem::path dir_path_;  // for messages
+  // Where every file is created; released as the job ends (deliver,
+  // cleanup_and_fail: once, after begin), so that a finished job holds no
+  // descriptor of the directory however long it is kept.
+  std::shared_ptr<const CheckpointDirectory> dir_;
   const SavePlan& plan_;
   SavePlanner& planner_;
   const SaveLayout layout_;
@@ -97,8 +102,8 @@ void SaveJobImpl::begin() {
     const std::uint64_t e = engine_.options().extent_size;
     for (std::size_t f = 0; f < layout_.files.size(); ++f) {
       const FileLayout& file = layout_.files[f];
-      files_.push_back(DataFile::create(dir_ / file.relative_path, engine_.options().direct_io));
-      engine_.record_direct_io(files_.back().direct(), dir_.string());
+      files_.push_back(dir_->create_file(file.relative_path, engine_.options().direct_io));
+      engine_.record_direct_io(files_.back().direct(), dir_->path().string());
       if (files_.back().direct()) {
         // Direct writes inside the file's size run asynchronously; writes that
         // extend it serialize on the inode (ext4, xfs) and go to kernel workers.
@@ -115,7 +120,7 @@ void SaveJobImpl::begin() {
   slots_.start(extents_.size(), self());
 }
 
-void SaveJobImpl::cancel() { slots_.fail(save_cancelled(dir_)); }
+void SaveJobImpl::cancel() { slots_.fail(save_cancelled(dir_path_)); }
 
 // The engine is stopping: slots filled but held back for plan order go back.
 void SaveJobImpl::drop_held_back() {
@@ -248,7 +253,7 @@ void SaveJobImpl::on_written(std::size_t e, unsigned slot, std::size_t length,
     const Extent& x = extents_[e];
     std::string why = result < 0 ? std::system_category().message(static_cast<int>(-result))
                                  : "short write of " + std::to_string(result) + " bytes";
-    throw Error(ErrorCode::kIo, (dir_ / layout_.files[x.file].relative_path).string(),
+    throw Error(ErrorCode::kIo, files_[x.file].path().string(),
                 "writing extent " + std::to_string(x.index) + " at offset " +
                     std::to_string(x.lo) + " failed: " + why);
   }
@@ -314,7 +319,7 @@ void SaveJobImpl::finalize() {
 // On the I/O thread, wrapped by the engine: a throw fails the job.
 void SaveJobImpl::on_synced(std::int64_t result, std::size_t file) {
   if (result < 0) {
-    throw Error(ErrorCode::kIo, (dir_ / layout_.files[file].relative_path).string(),
+    throw Error(ErrorCode::kIo, files_[file].path().string(),
                 "fdatasync failed: " + std::system_category().message(static_cast<int>(-result)));
   }
 }
@@ -339,6 +344,7 @@ void SaveJobImpl::deliver() {
     cleanup_and_fail();
     return;
   }
+  dir_.reset();
   // The callback holds the save task, which holds this job: drop it once called.
   std::exchange(callbacks_.written, nullptr)(nullptr, std::move(results));
 }
@@ -350,9 +356,9 @@ void SaveJobImpl::cleanup_and_fail() {
       files_[f].close();
     } catch (...) {
     }
-    std::error_code ignored;
-    std::filesystem::remove(dir_ / layout_.files[f].relative_path, ignored);
+    dir_->remove(layout_.files[f].relative_path);
   }
+  dir_.reset();
   fire_staged(error);
   std::exchange(callbacks_.written, nullptr)(error, {});
 }
@@ -364,7 +370,8 @@ std::exception_ptr save_cancelled(const std::filesystem::path& dir) {
       Error(ErrorCode::kCancelled, dir.string(), "save cancelled before it committed"));
 }
 
-std::shared_ptr<SaveJob> SaveJob::start(IoEngine& engine, std::filesystem::path dir,
+std::shared_ptr<SaveJob> SaveJob::start(IoEngine& engine,
+                                        std::shared_ptr<const CheckpointDirectory> dir,
                                         const SavePlan& plan, SavePlanner& planner,
                                         SaveLayout layout, Callbacks callbacks) {
   auto job = std::make_shared<SaveJobImpl>(engine, std::move(dir), plan, planner,

@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 
+#include "io/data_file.hpp"
 #include "plan/layout.hpp"
 #include "ringckpt/planner.hpp"
 #include "ringckpt/storage.hpp"
@@ -31,9 +32,11 @@ class SaveJob {
     std::function<void(std::exception_ptr, WriteResults)> written;
   };
 
-  // Starts at once; the engine, planner and plan items must outlive the job
-  // (until `written` has run).
-  static std::shared_ptr<SaveJob> start(IoEngine& engine, std::filesystem::path dir,
+  // Starts at once: creates the layout's files in `dir` (by name, relative to
+  // its handle). The engine, planner and plan items must outlive the job
+  // (until `written` has run). REQUIRES: dir is open.
+  static std::shared_ptr<SaveJob> start(IoEngine& engine,
+                                        std::shared_ptr<const CheckpointDirectory> dir,
                                         const SavePlan& plan, SavePlanner& planner,
                                         SaveLayout layout, Callbacks callbacks);
   // Stops the save; both callbacks then report Error(kCancelled) unless they
