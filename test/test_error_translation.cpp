@@ -150,7 +150,7 @@ BOOST_AUTO_TEST_CASE(save_and_load_deliver_errors_naming_the_directory) {
   int n = 0;
   for (const Foreign& f : foreign_exceptions()) {
     BOOST_TEST_CONTEXT(f.name) {
-      const fs::path dir = tmp.path() / ("s" + std::to_string(n++));
+      const fs::path dir = tmp.path() / std::to_string(n++);
       const std::string where = f.name == "filesystem_error" ? "/nonexistent/x" : dir.string();
       RaisingPlanner planner(f.raise, false);
       expect(error_of([&] { save(sd, dir, save_options(&planner)); }), f, where);
