@@ -3,6 +3,7 @@
 #include "ringckpt/checkpoint.hpp"
 
 #include <string_view>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -138,12 +139,31 @@ Metadata save_single(const StateDict& state_dict, StorageWriter& writer, SavePla
   return metadata;
 }
 
-void load_single(StateDict& state_dict, StorageReader& reader, LoadPlanner& p) {
-  const Metadata metadata = reader.read_metadata();
+// Whether a load must keep the Metadata until read_data ends, as DCP's
+// contract lets a planner or reader keep a reference to it. Not when the
+// planner is the default one (it reads the Metadata only in
+// create_local_plan) and the reader exactly a FileSystemReader (it indexes
+// the Metadata in set_up_storage_reader and keeps no reference): then the
+// Metadata is freed once the local plan is made, so that it, the plan and
+// the reader's index are not all held while reading.
+bool keeps_metadata(const StorageReader& reader, const LoadPlanner* planner) {
+  return planner != nullptr || typeid(reader) != typeid(FileSystemReader);
+}
+
+// Frees what `metadata` holds; it is left empty.
+void release(Metadata& metadata) {
+  [[maybe_unused]] const Metadata released = std::move(metadata);
+  metadata = Metadata{};
+}
+
+void load_single(StateDict& state_dict, StorageReader& reader, LoadPlanner& p,
+                 bool keep_metadata) {
+  Metadata metadata = reader.read_metadata();
   p.set_up_planner(state_dict, metadata, true);
   reader.set_up_storage_reader(metadata, true);
   std::vector<LoadPlan> plans;
   plans.push_back(reader.prepare_local_plan(p.create_local_plan()));
+  if (!keep_metadata) release(metadata);
   plans = reader.prepare_global_plan(p.create_global_plan(std::move(plans)));
   reader.read_data(p.finish_plan(std::move(plans.at(0))), p);
 }
@@ -218,8 +238,9 @@ void load_with(StateDict& state_dict, StorageReader& reader, LoadPlanner* planne
   Coordinator& c = coordinator ? *coordinator : single;
   DefaultLoadPlanner default_planner;
   LoadPlanner& p = planner ? *planner : default_planner;
+  const bool keep_metadata = keeps_metadata(reader, planner);
   if (c.world_size() == 1) {
-    load_single(state_dict, reader, p);
+    load_single(state_dict, reader, p, keep_metadata);
     return;
   }
   const bool is_coordinator = c.is_coordinator();
@@ -231,7 +252,9 @@ void load_with(StateDict& state_dict, StorageReader& reader, LoadPlanner* planne
     metadata = reader.read_metadata();
     p.set_up_planner(state_dict, metadata, is_coordinator);
     reader.set_up_storage_reader(metadata, is_coordinator);
-    return wire::encode(reader.prepare_local_plan(p.create_local_plan()));
+    std::string local = wire::encode(reader.prepare_local_plan(p.create_local_plan()));
+    if (!keep_metadata) release(metadata);
+    return local;
   }));
 
   // 2. The global plan, scattered back.

@@ -42,6 +42,10 @@ struct FileSystemReader::Impl {
   std::string metadata_text;
   std::string metadata_path;
 
+  // Frees the text of metadata.json. (Assigning an empty string would keep
+  // the buffer: libstdc++ copies a short string into the existing capacity.)
+  void release_metadata_text() { std::string().swap(metadata_text); }
+
   const ReadIndex& current_index() {
     if (!indexed) {
       try {
@@ -50,7 +54,7 @@ struct FileSystemReader::Impl {
         throw Error(ErrorCode::kIo, metadata_path, "out of memory decoding the metadata");
       }
       indexed = true;
-      metadata_text = std::string();
+      release_metadata_text();
     }
     return index;
   }
@@ -108,9 +112,16 @@ Metadata FileSystemReader::read_metadata() {
 }
 
 void FileSystemReader::set_up_storage_reader(const Metadata& metadata, bool) {
-  impl_->index.build(metadata);
+  // The text is freed before the index is built, so that the two are never
+  // held at once; keeps no reference to `metadata`.
+  impl_->release_metadata_text();
   impl_->indexed = true;
-  impl_->metadata_text = std::string();
+  try {
+    impl_->index.build(metadata);
+  } catch (...) {
+    impl_->index = ReadIndex();  // nothing half built is read by
+    throw;
+  }
 }
 
 LoadPlan FileSystemReader::prepare_local_plan(LoadPlan plan) { return plan; }
