@@ -1,6 +1,7 @@
 // lib/format/message_text.hpp — how error messages quote names and print shapes.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -10,7 +11,19 @@
 namespace ringckpt::detail {
 
 // 'name', quoted for a message.
-inline std::string in_quotes(std::string_view s) { return "'" + std::string(s) + "'"; }
+inline std::string in_quotes(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() + 2);
+  out.append(1, '\'').append(s).append(1, '\'');
+  return out;
+}
+
+// "[begin, end)", a byte range for a message.
+inline std::string byte_range(std::uint64_t begin, std::uint64_t end) {
+  std::string out = "[";
+  out.append(std::to_string(begin)).append(", ").append(std::to_string(end)).append(")");
+  return out;
+}
 
 // [2,3,4] (or [2, 3, 4] with separator ", ").
 inline std::string shape_string(const Shape& shape, std::string_view separator = ",") {

@@ -177,7 +177,7 @@ class MetadataHandler {
     std::uint8_t field = kUnknownKey;  // an object's current key, in keys_of(ctx)
     std::uint32_t seen = 0;            // the keys given so far, one bit each
     std::size_t n = 0;                 // an array's values so far
-    std::string_view key;              // the current key, for paths
+    std::string_view key{};            // the current key, for paths
   };
 
   // ------------------------------------------------------------ paths

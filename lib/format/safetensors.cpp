@@ -37,9 +37,6 @@ constexpr std::uint64_t kMaxBytes = detail::kMaxTensorBytes;
 }
 
 
-std::string range_string(std::uint64_t begin, std::uint64_t end) {
-  return "[" + std::to_string(begin) + ", " + std::to_string(end) + ")";
-}
 
 std::optional<std::uint64_t> as_u64(const json::value& v) {
   if (v.is_uint64()) return v.get_uint64();
@@ -123,7 +120,7 @@ SafetensorsEntry decode_entry(std::string_view name, const json::value& v, std::
   }
   entry.begin = *begin;
   entry.end = *end;
-  const std::string range = range_string(entry.begin, entry.end);
+  const std::string range = detail::byte_range(entry.begin, entry.end);
   if (entry.begin > entry.end) {
     corrupt(file,
             "tensor " + in_quotes(name) + " data_offsets " + range + " end before they begin");
@@ -160,15 +157,15 @@ void check_tiling(std::vector<SafetensorsEntry>& entries, std::uint64_t data_siz
   for (const SafetensorsEntry& e : entries) {
     if (e.begin < expected) {
       corrupt(file, "tensors " + in_quotes(previous->name) + " " +
-                        range_string(previous->begin, previous->end) + " and " + in_quotes(e.name) +
-                        " " + range_string(e.begin, e.end) + " overlap");
+                        detail::byte_range(previous->begin, previous->end) + " and " + in_quotes(e.name) +
+                        " " + detail::byte_range(e.begin, e.end) + " overlap");
     }
     if (e.begin > expected) {
       const std::string after = previous ? "after tensor " + in_quotes(previous->name)
                                          : std::string("at the start of the data");
       corrupt(file, "a hole of " + std::to_string(e.begin - expected) + " bytes lies " + after +
                         ", before tensor " + in_quotes(e.name) + " " +
-                        range_string(e.begin, e.end));
+                        detail::byte_range(e.begin, e.end));
     }
     expected = e.end;
     previous = &e;

@@ -61,10 +61,6 @@ VerifyFault file_fault(const std::string& file, std::uint64_t offset, std::uint6
   return {file, -1, offset, length, std::move(message)};
 }
 
-// "[begin, end)".
-std::string range(std::uint64_t begin, std::uint64_t end) {
-  return "[" + std::to_string(begin) + ", " + std::to_string(end) + ")";
-}
 
 // At most this many header faults are listed per file, then their count.
 constexpr std::size_t kMaxHeaderFaults = 16;
@@ -114,7 +110,7 @@ void compare_header(const SafetensorsHeader& header, const std::string& file,
     const std::string what = "tensor " + in_quotes(names.front());
     if (e == nullptr) {
       fault(what + " is missing; metadata.json places it (storage entry " +
-            detail::index_string(*p.index) + ") at bytes " + range(begin, end));
+            detail::index_string(*p.index) + ") at bytes " + detail::byte_range(begin, end));
       continue;
     }
     if (e->dtype != dtype) {
@@ -127,8 +123,8 @@ void compare_header(const SafetensorsHeader& header, const std::string& file,
     }
     const std::uint64_t at = header.data_start + e->begin, to = header.data_start + e->end;
     if (at != begin || to != end) {
-      fault(what + " lies at bytes " + range(at, to) + ", but metadata.json places it at " +
-            range(begin, end));
+      fault(what + " lies at bytes " + detail::byte_range(at, to) + ", but metadata.json places it at " +
+            detail::byte_range(begin, end));
     }
   }
   for (const SafetensorsEntry& e : header.entries) {
