@@ -40,8 +40,14 @@ std::string guarded(int rank, F&& step) {
   } catch (...) {
     // Whatever a planner or storage throws (out of memory included), this
     // rank stays in the protocol and reports it as an Error.
-    const Error e = detail::as_error(std::current_exception(), "");
-    return wire::encode_failure({rank, e.code(), e.where(), e.message()});
+    try {
+      const Error e = detail::as_error(std::current_exception(), "");
+      return wire::encode_failure({rank, e.code(), e.where(), e.message()});
+    } catch (...) {
+      // No memory even to describe the failure: a status of a few bytes,
+      // so that this rank still reports rather than leaving the protocol.
+      return wire::encode_failure({rank, ErrorCode::kIo, "", "out of memory"});
+    }
   }
 }
 

@@ -3,6 +3,8 @@
 #include "ringckpt/mpi.hpp"
 
 #include <cstdint>
+#include <new>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -32,12 +34,51 @@ struct Verdict {
   std::int64_t rank = -1;      // the rank whose payload overflows an int count; -1: none
   std::int64_t size = 0;       // that payload's size
   std::int64_t payloads = -1;  // scatter: how many payloads, when not one per rank
+  std::int64_t out_of_memory = 0;  // 1: rank 0 could not allocate the collective's buffer
 };
 
 Verdict share(Verdict v, MPI_Comm comm, const char* call, int rank) {
-  std::int64_t wire[3] = {v.rank, v.size, v.payloads};
-  check(MPI_Bcast(wire, 3, MPI_INT64_T, 0, comm), call, rank);
-  return {wire[0], wire[1], wire[2]};
+  std::int64_t wire[4] = {v.rank, v.size, v.payloads, v.out_of_memory};
+  check(MPI_Bcast(wire, 4, MPI_INT64_T, 0, comm), call, rank);
+  return {wire[0], wire[1], wire[2], wire[3]};
+}
+
+// Throws, on every rank alike, what rank 0's verdict on `call` says is wrong.
+void throw_if_refused(const Verdict& v, const char* call, int size) {
+  if (v.out_of_memory != 0) {
+    throw Error(ErrorCode::kIo, "MPI rank 0",
+                std::string("out of memory allocating the ") + call + " buffer");
+  }
+  if (v.payloads >= 0) {
+    throw Error(ErrorCode::kInvalidArgument, "MPI rank 0",
+                "scatter needs one payload per rank: " + std::to_string(v.payloads) +
+                    " payloads for " + std::to_string(size) + " ranks");
+  }
+  if (v.rank >= 0) {
+    throw detail::mpi_overflow_error(call, static_cast<int>(v.rank),
+                                     static_cast<std::uint64_t>(v.size));
+  }
+}
+
+// Rank 0's layout of `sizes`, with its verdict: an overflowing rank, or out
+// of memory (also while `prepare` allocates the collective's buffer), all
+// before the broadcast that every rank waits in.
+template <typename Prepare>
+Verdict lay_out(std::span<const std::uint64_t> sizes, detail::MpiLayout& layout,
+                Prepare&& prepare) {
+  Verdict verdict;
+  try {
+    layout = detail::mpi_layout(sizes);
+    if (layout.overflowing_rank >= 0) {
+      verdict.rank = layout.overflowing_rank;
+      verdict.size = static_cast<std::int64_t>(sizes[static_cast<std::size_t>(layout.overflowing_rank)]);
+    } else {
+      prepare();
+    }
+  } catch (const std::bad_alloc&) {
+    verdict.out_of_memory = 1;
+  }
+  return verdict;
 }
 
 }  // namespace
@@ -55,20 +96,12 @@ std::vector<std::string> MpiCoordinator::gather(std::string payload) {
   check(MPI_Gather(&mine, 1, MPI_UINT64_T, sizes.data(), 1, MPI_UINT64_T, 0, comm_),
         "MPI_Gather", rank_);
   detail::MpiLayout layout;
+  std::string all;
   Verdict verdict;
   if (rank_ == 0) {
-    layout = detail::mpi_layout(sizes);
-    if (layout.overflowing_rank >= 0) {
-      verdict = {layout.overflowing_rank,
-                 static_cast<std::int64_t>(sizes[static_cast<std::size_t>(layout.overflowing_rank)])};
-    }
+    verdict = lay_out(sizes, layout, [&] { all.assign(layout.total, '\0'); });
   }
-  verdict = share(verdict, comm_, "MPI_Bcast", rank_);
-  if (verdict.rank >= 0) {
-    throw detail::mpi_overflow_error("MPI_Gatherv", static_cast<int>(verdict.rank),
-                                     static_cast<std::uint64_t>(verdict.size));
-  }
-  std::string all(layout.total, '\0');
+  throw_if_refused(share(verdict, comm_, "MPI_Bcast", rank_), "MPI_Gatherv", size_);
   check(MPI_Gatherv(payload.data(), static_cast<int>(mine), MPI_BYTE, all.data(),
                     layout.counts.data(), layout.displs.data(), MPI_BYTE, 0, comm_),
         "MPI_Gatherv", rank_);
@@ -83,36 +116,21 @@ std::vector<std::string> MpiCoordinator::gather(std::string payload) {
 
 std::string MpiCoordinator::scatter(std::vector<std::string> payloads) {
   detail::MpiLayout layout;
+  std::string all;
   Verdict verdict;
   if (rank_ == 0) {
     if (payloads.size() != static_cast<std::size_t>(size_)) {
       verdict.payloads = static_cast<std::int64_t>(payloads.size());
     } else {
       std::vector<std::uint64_t> sizes;
-      sizes.reserve(payloads.size());
       for (const auto& p : payloads) sizes.push_back(p.size());
-      layout = detail::mpi_layout(sizes);
-      if (layout.overflowing_rank >= 0) {
-        verdict = {layout.overflowing_rank,
-                   static_cast<std::int64_t>(sizes[static_cast<std::size_t>(layout.overflowing_rank)])};
-      }
+      verdict = lay_out(sizes, layout, [&] {
+        all.reserve(layout.total);
+        for (const auto& p : payloads) all += p;
+      });
     }
   }
-  verdict = share(verdict, comm_, "MPI_Bcast", rank_);
-  if (verdict.payloads >= 0) {
-    throw Error(ErrorCode::kInvalidArgument, "MPI rank 0",
-                "scatter needs one payload per rank: " + std::to_string(verdict.payloads) +
-                    " payloads for " + std::to_string(size_) + " ranks");
-  }
-  if (verdict.rank >= 0) {
-    throw detail::mpi_overflow_error("MPI_Scatterv", static_cast<int>(verdict.rank),
-                                     static_cast<std::uint64_t>(verdict.size));
-  }
-  std::string all;
-  if (rank_ == 0) {
-    all.reserve(layout.total);
-    for (const auto& p : payloads) all += p;
-  }
+  throw_if_refused(share(verdict, comm_, "MPI_Bcast", rank_), "MPI_Scatterv", size_);
   int mine = 0;
   check(MPI_Scatter(layout.counts.data(), 1, MPI_INT, &mine, 1, MPI_INT, 0, comm_),
         "MPI_Scatter", rank_);

@@ -25,7 +25,8 @@ using namespace ringckpt;
 namespace {
 
 // `text` with its checksum member's value replaced by the checksum of the
-// document without that member, if it ends with one; else "".
+// document without that member, and ending as encode_metadata ends a file
+// ("}" and one newline), if it ends with such a member; else "".
 std::string resealed(std::string_view text) {
   while (!text.empty() && (text.back() == ' ' || text.back() == '\n' || text.back() == '\r' ||
                            text.back() == '\t')) {
@@ -40,6 +41,7 @@ std::string resealed(std::string_view text) {
   without += '}';
   std::string out(text);
   out.replace(at + kKey.size(), 16, checksum_hex(checksum_of(std::as_bytes(std::span(without)))));
+  out += '\n';
   return out;
 }
 
@@ -47,6 +49,9 @@ void check(std::string_view text) {
   const std::string file = "fuzz/metadata.json";
   const auto decoded = fuzz::returns_or_error([&] { return decode_metadata(text, file); });
   if (!decoded) return;
+  // A document the decoder accepts is sealed already: resealing leaves it as
+  // it is (else the resealed inputs below would never pass the checksum).
+  FUZZ_CHECK(resealed(text) == text);
 
   const std::string once = fuzz::must("encode_metadata of accepted metadata threw",
                                       [&] { return encode_metadata(*decoded); });
