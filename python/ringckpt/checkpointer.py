@@ -1,0 +1,112 @@
+"""The long-lived, non-blocking checkpointer a training loop keeps for its run."""
+
+import concurrent.futures
+import os
+
+from . import _core
+from .items import LoadTarget, SaveItems, read_structure
+
+__all__ = ["Checkpointer", "SaveHandle"]
+
+
+class SaveHandle:
+    """The two completions of one save, as concurrent.futures.Futures (so
+    asyncio.wrap_future works): `staged` once every source byte has been read
+    (the tensors may be mutated again), `committed` once data and metadata are
+    durable and the checkpoint visible. Both raise ringckpt.Error on failure."""
+
+    __slots__ = ("staged", "committed", "_core_handle")
+
+    def __init__(self, staged, committed, core_handle):
+        self.staged = staged
+        self.committed = committed
+        self._core_handle = core_handle
+
+    def cancel(self) -> None:
+        """Stops the save unless it has committed; then both futures raise
+        ringckpt.Error with code "cancelled". Future.cancel() cannot stop a save:
+        the futures are running from the start."""
+        self._core_handle.cancel()
+
+
+def _running_future():
+    future = concurrent.futures.Future()
+    future.set_running_or_notify_cancel()
+    return future
+
+
+def _settle(future, error) -> None:
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+class Checkpointer:
+    """Owns the staging ring (ring_bytes of pre-faulted, registered memory),
+    io_uring and ringckpt's threads; create one per run. Saves run one after
+    another in the order asked. mode: "lazy" (async_save returns after
+    planning; staging copies while the caller computes), "bounded" (the same,
+    memory capped at the ring however large the state dict) or "snapshot"
+    (async_save returns once everything is copied; it must fit the ring).
+
+    close() (or leaving a `with` block, garbage collection, interpreter exit)
+    cancels saves not yet committed and waits for ringckpt's threads."""
+
+    def __init__(self, ring_bytes: int = 256 << 20, *, extent_size: int = 8 << 20,
+                 queue_depth: int = 16, staging_threads: int = 2, direct_io: bool = True,
+                 register_buffers: bool = True, max_file_bytes: int = 0, mode: str = "lazy"):
+        self._core = _core.Checkpointer(
+            ring_bytes=ring_bytes, extent_size=extent_size, queue_depth=queue_depth,
+            staging_threads=staging_threads, direct_io=direct_io,
+            register_buffers=register_buffers, max_file_bytes=max_file_bytes, mode=mode)
+
+    def async_save(self, state_dict, path, *, mode=None, overwrite: bool = False,
+                   allow_pickle: bool = False) -> SaveHandle:
+        """Plans (lazy, bounded: in the background) and returns. ringckpt keeps a
+        reference to every tensor until `staged` resolves, so dropping the
+        state dict early is safe; mutating a tensor before then is not."""
+        save_items = SaveItems(state_dict, allow_pickle)
+        staged, committed = _running_future(), _running_future()
+        sources = [save_items.sources]  # emptied once staged: the tensors may go
+
+        def on_staged(error):
+            sources.clear()
+            _settle(staged, error)
+
+        def on_committed(error):
+            sources.clear()  # a save failing before staging fires this alone
+            _settle(committed, error)
+
+        core_handle = self._core.async_save(save_items.items, os.fspath(path), on_staged,
+                                            on_committed, mode=mode, overwrite=overwrite)
+        return SaveHandle(staged, committed, core_handle)
+
+    def save(self, state_dict, path, *, mode=None, overwrite: bool = False,
+             allow_pickle: bool = False) -> None:
+        """Saves and returns once the checkpoint is durable and visible."""
+        save_items = SaveItems(state_dict, allow_pickle)
+        self._core.save(save_items.items, os.fspath(path), mode=mode, overwrite=overwrite)
+
+    def load(self, state_dict, path, *, allow_pickle: bool = False) -> None:
+        """Fills every tensor of `state_dict` in place and puts the loaded
+        non-tensor values into its containers, through the same ring; every
+        extent is verified before its bytes are used."""
+        path = os.fspath(path)
+        target = LoadTarget(state_dict, path, read_structure(self._core.load, path),
+                            allow_pickle)
+        self._core.load(target.items, path)
+        target.finish()
+
+    def report(self) -> dict:
+        """What the I/O path did: direct_io, registered_buffers, notes."""
+        return self._core.report()
+
+    def close(self) -> None:
+        self._core.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()

@@ -1,0 +1,193 @@
+"""Between torch state dicts and the extension's StateItems.
+
+A save turns a nested state dict into one flat StateItems: each tensor becomes a
+view of its memory (fqn, data pointer, dtype, shape), each other value a byte
+item in values.py's tagged encoding, and the nesting one more byte item, the
+structure map, under STRUCTURE_KEY. A load does the reverse, matching the
+caller's leaves to the checkpoint's by their typed paths (("optim", "state", 0,
+"exp_avg")), not by their dotted names, so that keys with dots, integer keys and
+would-be collisions come back exactly.
+"""
+
+import threading
+import warnings
+
+import torch
+
+from . import _core, state_dict as structure_map, values
+from .errors import Error
+
+__all__ = ["STRUCTURE_KEY", "SaveItems", "LoadTarget", "read_structure", "allocate",
+           "to_torch_dtype", "element_size"]
+
+# The byte item holding the structure map. A caller's key cannot produce it: a
+# dotted name never contains "/" unless a key does, and flatten refuses none, so
+# the name is checked against the state dict instead.
+STRUCTURE_KEY = "__ringckpt__/structure"
+
+_RINGCKPT_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
+    torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32",
+    torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}
+_TORCH_DTYPES = {name: dtype for dtype, name in _RINGCKPT_DTYPES.items()}
+
+_noted_copy = threading.Event()  # the extra-copy note is given once per process
+
+
+def element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def to_torch_dtype(name: str, where: str) -> torch.dtype:
+    try:
+        return _TORCH_DTYPES[name]
+    except KeyError:
+        raise Error("mismatch", where, f"dtype {name} has no torch equivalent") from None
+
+
+def _note_extra_copy(fqn: str, doing: str) -> None:
+    if not _noted_copy.is_set():
+        _noted_copy.set()
+        warnings.warn(f"ringckpt: {fqn} is not contiguous: {doing} it costs an extra copy "
+                      "(noted once)", RuntimeWarning, stacklevel=4)
+
+
+def _checked_tensor(fqn: str, tensor: torch.Tensor) -> str:
+    """The ringckpt dtype name of `tensor`; refuses what ringckpt cannot hold."""
+    if tensor.device.type != "cpu":
+        raise Error("invalid_argument", fqn,
+                    f"is a {tensor.device.type} tensor: GPU staging is not there yet; "
+                    "pass CPU tensors (tensor.cpu())")
+    if tensor.layout != torch.strided:
+        raise Error("invalid_argument", fqn, f"has layout {tensor.layout}: only dense "
+                    "(strided) tensors are saved")
+    name = _RINGCKPT_DTYPES.get(tensor.dtype)
+    if name is None:
+        raise Error("invalid_argument", fqn, f"has dtype {tensor.dtype}, which ringckpt "
+                    "does not store (supported: " +
+                    ", ".join(str(d) for d in _RINGCKPT_DTYPES) + ")")
+    return name
+
+
+class SaveItems:
+    """A state dict as the extension saves it. `items` is the StateItems;
+    `sources` holds every tensor whose memory `items` points into (contiguous
+    copies included): keep it alive until the save is staged."""
+
+    def __init__(self, state_dict, allow_pickle: bool):
+        flat, structure = structure_map.flatten(state_dict)
+        if STRUCTURE_KEY in flat:
+            raise Error("invalid_argument", STRUCTURE_KEY, "is reserved for ringckpt's "
+                        "structure map")
+        self.items = _core.StateItems()
+        self.sources = []
+        views = []
+        for fqn, leaf in flat.items():
+            if isinstance(leaf, torch.Tensor):
+                dtype = _checked_tensor(fqn, leaf)
+                if not leaf.is_contiguous():
+                    _note_extra_copy(fqn, "saving")
+                    leaf = leaf.contiguous()
+                self.sources.append(leaf)
+                views.append((fqn, leaf.data_ptr(), dtype, tuple(leaf.shape)))
+            else:
+                self.items.add_bytes(fqn, values.encode(leaf, key=fqn,
+                                                        allow_pickle=allow_pickle))
+        self.items.add_tensors(views)
+        self.items.add_bytes(STRUCTURE_KEY, structure_map.structure_to_bytes(structure))
+
+
+def read_structure(load, path: str):
+    """The structure map stored in the checkpoint at `path`, read through `load`
+    (_core.load or a _core.Checkpointer's load); None for a checkpoint written
+    without one (by the C++ API)."""
+    items = _core.StateItems()
+    items.add_bytes(STRUCTURE_KEY, b"")
+    try:
+        load(items, path)
+    except Error as e:
+        if e.code == "not_found" and STRUCTURE_KEY in str(e):
+            return None
+        raise
+    return structure_map.structure_from_bytes(items.bytes_of(STRUCTURE_KEY),
+                                              f"{path}: {STRUCTURE_KEY}")
+
+
+class LoadTarget:
+    """What one load fills: the caller's tensors in place (through contiguous
+    stand-ins where a destination is not contiguous) and their non-tensor values.
+
+    Every caller leaf is matched to the checkpoint's leaf at the same typed
+    path before anything is read, so a missing key fails the load with nothing
+    changed."""
+
+    def __init__(self, state_dict, path: str, stored_structure, allow_pickle: bool):
+        self._state_dict = state_dict
+        self._allow_pickle = allow_pickle
+        flat, self._structure = structure_map.flatten(state_dict)
+        stored_fqn = _stored_fqns(stored_structure, self._structure)
+        self.items = _core.StateItems()
+        self._values = {}      # caller fqn -> checkpoint fqn, for non-tensor leaves
+        self._copy_back = []   # (destination, contiguous stand-in)
+        views = []
+        for fqn, leaf in flat.items():
+            source = stored_fqn(fqn)
+            if source is None:
+                raise Error("not_found", fqn, f"is not in the checkpoint {path}")
+            if isinstance(leaf, torch.Tensor):
+                dtype = _checked_tensor(fqn, leaf)
+                if not leaf.is_contiguous():
+                    _note_extra_copy(fqn, "loading into")
+                    stand_in = torch.empty(leaf.shape, dtype=leaf.dtype)
+                    self._copy_back.append((leaf, stand_in))
+                    leaf = stand_in
+                views.append((source, leaf.data_ptr(), dtype, tuple(leaf.shape)))
+            else:
+                self.items.add_bytes(source, b"")
+                self._values[fqn] = source
+        self.items.add_tensors(views)
+
+    def finish(self) -> None:
+        """After the load: copies stand-ins into their destinations and puts the
+        loaded values into the caller's containers."""
+        for destination, stand_in in self._copy_back:
+            destination.copy_(stand_in)
+        loaded = {fqn: values.decode(self.items.bytes_of(source), key=fqn,
+                                     allow_pickle=self._allow_pickle)
+                  for fqn, source in self._values.items()}
+        structure_map.fill_in_place(self._state_dict, loaded, self._structure)
+
+
+def _stored_fqns(stored_structure, caller_structure):
+    """caller fqn -> the checkpoint's fqn of the leaf at the same typed path, or None."""
+    if stored_structure is None:  # written by the C++ API: names are the only key
+        return lambda fqn: fqn
+    by_path = {path: fqn for fqn, path in structure_map.leaf_paths(stored_structure).items()}
+    caller_paths = structure_map.leaf_paths(caller_structure)
+    return lambda fqn: by_path.get(caller_paths[fqn])
+
+
+def allocate(structure, metadata, path: str):
+    """New tensors for every leaf of a checkpoint (allocated, not yet touched)
+    and StateItems that load into them: (items, {fqn: tensor or None})."""
+    entries = metadata["entries"]
+    fqns = (structure_map.leaf_paths(structure).keys() if structure is not None
+            else [fqn for fqn in entries if fqn != STRUCTURE_KEY])
+    items = _core.StateItems()
+    leaves = {}
+    views = []
+    for fqn in fqns:
+        entry = entries.get(fqn)
+        if entry is None:
+            raise Error("corrupt", f"{path}: {STRUCTURE_KEY}",
+                        f"names {fqn}, which metadata.json does not hold")
+        if entry["kind"] == "tensor":
+            tensor = torch.empty(entry["shape"], dtype=to_torch_dtype(entry["dtype"], fqn))
+            views.append((fqn, tensor.data_ptr(), entry["dtype"], tuple(tensor.shape)))
+            leaves[fqn] = tensor
+        else:
+            items.add_bytes(fqn, b"")
+            leaves[fqn] = None
+    items.add_tensors(views)
+    return items, leaves
