@@ -55,11 +55,11 @@ def _note_extra_copy(fqn: str, doing: str) -> None:
 
 def _checked_tensor(fqn: str, tensor: torch.Tensor) -> str:
     """The ringckpt dtype name of `tensor`; refuses what ringckpt cannot hold."""
-    if tensor.device.type != "cpu":
+    if not tensor.is_cpu:
         raise Error("invalid_argument", fqn,
                     f"is a {tensor.device.type} tensor: GPU staging is not there yet; "
                     "pass CPU tensors (tensor.cpu())")
-    if tensor.layout != torch.strided:
+    if tensor.layout is not torch.strided:
         raise Error("invalid_argument", fqn, f"has layout {tensor.layout}: only dense "
                     "(strided) tensors are saved")
     name = _RINGCKPT_DTYPES.get(tensor.dtype)

@@ -54,16 +54,21 @@ def flatten(state_dict):
                     f"{type(state_dict).__name__}")
     flat = {}
 
-    def leaf(value, path):
-        base = _dotted(path)
-        name, n = base, 0
-        while not name or name in flat:
-            n += 1
+    def leaf(value, name):
+        if not name or name in flat:
+            base, n = name, 1
             name = f"{base}#{n}"
+            while name in flat:
+                n += 1
+                name = f"{base}#{n}"
         flat[name] = value
         return name
 
-    def visit(value, path):
+    # `prefix` is the dotted name of `path` plus a trailing dot (empty at the
+    # root), carried down so that a leaf's name costs one concatenation.
+    def visit(value, path, prefix):
+        if isinstance(value, torch.Tensor):  # the common leaf first: Mapping's check is slow
+            return leaf(value, prefix[:-1])
         if isinstance(value, Mapping):
             children = []
             for key, child in value.items():
@@ -71,14 +76,15 @@ def flatten(state_dict):
                     raise Error("invalid_argument", _dotted(path + (repr(key),)),
                                 f"has a key of type {type(key).__name__}: state dict keys "
                                 "must be str or int")
-                children.append([key, visit(child, path + (key,))])
+                children.append([key, visit(child, path + (key,), f"{prefix}{key}.")])
             return {"odict" if isinstance(value, collections.OrderedDict) else "dict": children}
         if isinstance(value, (list, tuple)) and _holds_tensor(value):
-            children = [visit(child, path + (i,)) for i, child in enumerate(value)]
+            children = [visit(child, path + (i,), f"{prefix}{i}.")
+                        for i, child in enumerate(value)]
             return {"list" if isinstance(value, list) else "tuple": children}
-        return leaf(value, path)
+        return leaf(value, prefix[:-1])
 
-    root = visit(state_dict, ())
+    root = visit(state_dict, (), "")
     return flat, {"version": _VERSION, "root": root}
 
 
