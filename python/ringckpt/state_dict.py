@@ -242,6 +242,9 @@ def fill_in_place(dest, flat, structure) -> None:
     path (tensors are left: the loader filled them in place). A tuple on the way
     is rebuilt and set into its own parent. Raises Error("not_found", fqn, ...)
     for an fqn the structure lacks or a path `dest` lacks."""
+    if not isinstance(dest, MutableMapping):
+        raise Error("invalid_argument", "", "the destination state dict is not a mutable "
+                    f"mapping but a {type(dest).__name__}")
     paths = leaf_paths(structure)
     for fqn, value in flat.items():
         if isinstance(value, torch.Tensor):

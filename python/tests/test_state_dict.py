@@ -161,6 +161,8 @@ def test_fill_in_place_errors_and_tuples():
     _raises("not_found", "a.b", state_dict.fill_in_place, {"a": {}}, {"a.b": 1}, structure)
     _raises("not_found", "a.b", state_dict.fill_in_place, {}, {"a.b": 1}, structure)
     _raises("not_found", "nope", state_dict.fill_in_place, dest, {"nope": 1}, structure)
+    _raises("invalid_argument", "", state_dict.fill_in_place, ({"b": 0},), {"a.b": 1}, structure)
+    _raises("not_found", "a.b", state_dict.fill_in_place, {"a": 7}, {"a.b": 1}, structure)
 
 
 @pytest.mark.parametrize("text", [
