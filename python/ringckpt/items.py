@@ -95,7 +95,7 @@ class SaveItems:
                 self.items.add_bytes(fqn, values.encode(leaf, key=fqn,
                                                         allow_pickle=allow_pickle))
         self.items.add_tensors(views)
-        self.items.add_bytes(STRUCTURE_KEY, structure_map.structure_to_bytes(structure))
+        self.items.add_bytes(STRUCTURE_KEY, structure_map.structure_to_bytes(structure, check=False))
 
 
 def read_structure(load, path: str):

@@ -267,9 +267,11 @@ def fill_in_place(dest, flat, structure) -> None:
             break
 
 
-def structure_to_bytes(structure) -> bytes:
-    """Compact ASCII JSON of a checked structure."""
-    _checked_nodes(structure)
+def structure_to_bytes(structure, *, check: bool = True) -> bytes:
+    """Compact ASCII JSON of a checked structure. check=False skips the check
+    for a structure flatten() has just made (a save's hot path)."""
+    if check:
+        _checked_nodes(structure)
     return json.dumps(structure, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
