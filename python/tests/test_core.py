@@ -300,6 +300,24 @@ def test_close_from_inside_a_callback(tmp_path):
         ckpt.report()
 
 
+def test_last_reference_dropped_inside_a_callback(tmp_path):
+    # ~Checkpointer on the completion thread would wait for itself: it must be
+    # handed to another thread, and the callback must return.
+    holder = [_core.Checkpointer(**IO)]
+    done = threading.Event()
+
+    def on_committed(err):
+        holder.clear()
+        gc.collect()
+        done.set()
+
+    holder[0].async_save(items_of(random_arrays()), str(tmp_path / "ck"), None, on_committed)
+    assert done.wait(30)
+    assert _core.verify(str(tmp_path / "ck"))["ok"]
+    with _core.Checkpointer(**IO) as again:  # the library is still usable
+        again.save(items_of(random_arrays()), str(tmp_path / "ck2"))
+
+
 def test_raising_callback_is_unraisable_and_save_goes_on(tmp_path):
     seen = []
     old_hook = sys.unraisablehook
