@@ -1,12 +1,13 @@
 #!/bin/sh
-# test/install_consumer.sh BUILD_ROOT CONSUMER_CPP
+# test/install_consumer.sh BUILD_ROOT CONSUMER_CPP [PYTHON]
 #
 # Installs the build into a staging DESTDIR, checks that the headers, the
 # shared and static libraries and ringckpt.pc are there, then builds
 # CONSUMER_CPP the way a user would (c++ app.cpp $(pkg-config --cflags --libs
 # ringckpt)) against the staged tree, once against the shared library and
 # once against the static one (pkg-config --static), runs both and checks
-# what they print.
+# what they print. Given PYTHON, also imports the installed Python package
+# from the staged site directory with it and round-trips a state dict.
 set -u
 
 me=install_consumer
@@ -15,9 +16,10 @@ fail() {
   exit 1
 }
 
-[ $# -eq 2 ] || fail "usage: $0 BUILD_ROOT CONSUMER_CPP"
+[ $# -eq 2 ] || [ $# -eq 3 ] || fail "usage: $0 BUILD_ROOT CONSUMER_CPP [PYTHON]"
 build=$1
 src=$2
+python=${3:-}
 [ -d "$build" ] || fail "build root $build is not a directory"
 [ -f "$src" ] || fail "consumer source $src not found"
 srcroot=$(cd "$(dirname "$src")/.." && pwd) || fail "cannot find the source root"
@@ -121,4 +123,26 @@ rc=$?
 [ $rc -eq 0 ] || fail "the consumer (static) exited $rc: $out"
 echo "$out" | grep -qxF "$expected" || fail "the consumer (static) printed '$out', expected '$expected'"
 echo "$me: static: $out"
+
+# 5. The Python package, where the build has one: installed into the site
+# directory with its extension, and importable from there alone.
+if [ -n "$python" ]; then
+  core=$(find "$stage" -path '*/ringckpt/_core*.so' -type f | head -n 1)
+  [ -n "$core" ] || fail "the Python extension ringckpt/_core*.so was not installed"
+  site=$(dirname "$(dirname "$core")")
+  for py in "$srcroot"/python/ringckpt/*.py; do
+    [ -f "$site/ringckpt/$(basename "$py")" ] || fail "python/ringckpt/$(basename "$py") was not installed in ${site#"$stage"}/ringckpt"
+  done
+  out=$(cd "$tmp" && PYTHONPATH="$site" "$python" -c '
+import sys, torch, ringckpt
+assert ringckpt.__file__.startswith(sys.argv[1]), ringckpt.__file__
+state = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "step": 7}
+ringckpt.save(state, sys.argv[2])
+back = ringckpt.load_state_dict(sys.argv[2])
+assert torch.equal(back["model"]["w"], state["model"]["w"]) and back["step"] == 7
+print("python ok")' "$site" "$tmp/py-ckpt" 2>&1)
+  rc=$?
+  [ $rc -eq 0 ] && [ "$out" = "python ok" ] || fail "the installed Python package failed ($rc): $out"
+  echo "$me: python: installed in ${site#"$stage"}, imported from there, round trip ok"
+fi
 echo "$me: ok"
