@@ -4,6 +4,7 @@ import functools
 import os
 
 from . import _core, state_dict as structure_map, values
+from .errors import Error
 from .items import STRUCTURE_KEY, LoadTarget, SaveItems, allocate, read_structure
 from .items import element_size, to_torch_dtype
 
@@ -31,8 +32,7 @@ def load(state_dict, path, *, allow_pickle: bool = False, **io) -> None:
     path = os.fspath(path)
     core_load = functools.partial(_core.load, **io)
     target = LoadTarget(state_dict, path, read_structure(core_load, path), allow_pickle)
-    core_load(target.items, path)
-    target.finish()
+    target.run(core_load, path)
 
 
 def load_state_dict(path, *, allow_pickle: bool = False, **io):
@@ -65,8 +65,9 @@ def verify(path) -> dict:
 
 def inspect(path) -> dict:
     """What a checkpoint holds, without reading tensor data: {"entries": {fqn:
-    {"path": typed path, "kind": "tensor", "dtype": torch dtype, "shape":
-    tuple, "nbytes"} or {"path", "kind": "value", "nbytes"}}, "files",
+    {"path": typed path, "kind": "tensor", "dtype": torch dtype (its
+    safetensors name where torch has none), "shape": tuple, "nbytes"} or
+    {"path", "kind": "value", "nbytes"}}, "files",
     "total_bytes"}. `path` is the key sequence that reaches the value
     (("optim", "state", 0, "exp_avg")); the structure map itself is not listed."""
     path = os.fspath(path)
@@ -77,15 +78,22 @@ def inspect(path) -> dict:
              else {fqn: (fqn,) for fqn in metadata["entries"]})
     entries = {}
     for fqn, typed_path in paths.items():
-        entry = metadata["entries"][fqn]
+        entry = metadata["entries"].get(fqn)
+        if entry is None:
+            raise Error("corrupt", f"{path}: {STRUCTURE_KEY}",
+                        f"names {fqn}, which metadata.json does not hold")
         if entry["kind"] == "tensor":
-            dtype = to_torch_dtype(entry["dtype"], fqn)
             shape = tuple(entry["shape"])
             numel = 1
             for size in shape:
                 numel *= size
+            try:
+                dtype = to_torch_dtype(entry["dtype"], fqn)
+                nbytes = numel * element_size(dtype)
+            except Error:  # a dtype torch 1.13 lacks (U16, F8_E4M3, ...): its name
+                dtype, nbytes = entry["dtype"], None
             entries[fqn] = {"path": typed_path, "kind": "tensor", "dtype": dtype,
-                            "shape": shape, "nbytes": numel * element_size(dtype)}
+                            "shape": shape, "nbytes": nbytes}
         else:
             entries[fqn] = {"path": typed_path, "kind": "value", "nbytes": entry["length"]}
     return {"entries": entries, "files": metadata["files"],

@@ -51,7 +51,14 @@ class Checkpointer:
     (async_save returns once everything is copied; it must fit the ring).
 
     close() (or leaving a `with` block, garbage collection, interpreter exit)
-    cancels saves not yet committed and waits for ringckpt's threads."""
+    cancels saves not yet committed and waits for ringckpt's threads.
+
+    The futures are settled, and their done-callbacks run, on ringckpt's one
+    completion thread: a done-callback must not block on another of
+    ringckpt's futures (it would wait for its own thread); hand such work to a
+    thread of your own. A source tensor must not be mutated, resized or have
+    its .data rebound before `staged` resolves (in snapshot mode: before
+    async_save returns)."""
 
     def __init__(self, ring_bytes: int = 256 << 20, *, extent_size: int = 8 << 20,
                  queue_depth: int = 16, staging_threads: int = 2, direct_io: bool = True,
@@ -63,12 +70,17 @@ class Checkpointer:
 
     def async_save(self, state_dict, path, *, mode=None, overwrite: bool = False,
                    allow_pickle: bool = False) -> SaveHandle:
-        """Plans (lazy, bounded: in the background) and returns. ringckpt keeps a
-        reference to every tensor until `staged` resolves, so dropping the
-        state dict early is safe; mutating a tensor before then is not."""
+        """Plans (lazy, bounded: in the background) and returns; a snapshot save
+        returns once every byte is copied (its `staged` future resolves
+        moments later, on the completion thread). ringckpt keeps a reference
+        to every tensor until `staged` resolves, so dropping the state dict
+        early is safe; mutating a tensor before then is not."""
         save_items = SaveItems(state_dict, allow_pickle)
         staged, committed = _running_future(), _running_future()
         sources = [save_items.sources]  # emptied once staged: the tensors may go
+        # The save keeps its Checkpointer, as an executor's futures keep theirs:
+        # Checkpointer().async_save(...) on a temporary runs to the end.
+        owner = [self]
 
         def on_staged(error):
             sources.clear()
@@ -77,6 +89,7 @@ class Checkpointer:
         def on_committed(error):
             sources.clear()  # a save failing before staging fires this alone
             _settle(committed, error)
+            owner.clear()
 
         core_handle = self._core.async_save(save_items.items, os.fspath(path), on_staged,
                                             on_committed, mode=mode, overwrite=overwrite)
@@ -95,8 +108,7 @@ class Checkpointer:
         path = os.fspath(path)
         target = LoadTarget(state_dict, path, read_structure(self._core.load, path),
                             allow_pickle)
-        self._core.load(target.items, path)
-        target.finish()
+        target.run(self._core.load, path)
 
     def report(self) -> dict:
         """What the I/O path did: direct_io, registered_buffers, notes."""

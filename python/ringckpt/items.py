@@ -95,7 +95,26 @@ class SaveItems:
                 self.items.add_bytes(fqn, values.encode(leaf, key=fqn,
                                                         allow_pickle=allow_pickle))
         self.items.add_tensors(views)
-        self.items.add_bytes(STRUCTURE_KEY, structure_map.structure_to_bytes(structure, check=False))
+        self.items.add_bytes(STRUCTURE_KEY, _structure_bytes(structure))
+
+
+# The last structure map encoded and its bytes: a training loop saves the same
+# nesting every time, and comparing the nodes (C loops over lists) costs a
+# fraction of encoding them again. Guarded by _last_lock.
+_last_lock = threading.Lock()
+_last_structure = (None, None)
+
+
+def _structure_bytes(structure) -> bytes:
+    global _last_structure
+    with _last_lock:
+        cached_structure, cached_bytes = _last_structure
+    if structure == cached_structure:
+        return cached_bytes
+    encoded = structure_map.structure_to_bytes(structure, check=False)
+    with _last_lock:
+        _last_structure = (structure, encoded)
+    return encoded
 
 
 def read_structure(load, path: str):
@@ -116,20 +135,28 @@ def read_structure(load, path: str):
 
 class LoadTarget:
     """What one load fills: the caller's tensors in place (through contiguous
-    stand-ins where a destination is not contiguous) and their non-tensor values.
+    stand-ins where a destination is not contiguous) and its non-tensor values.
 
-    Every caller leaf is matched to the checkpoint's leaf at the same typed
-    path before anything is read, so a missing key fails the load with nothing
-    changed."""
+    A failed load leaves the caller's state dict as it was, as far as anything
+    can be known before the tensors' bytes are read: every caller leaf is
+    matched to the checkpoint's leaf at the same typed path, every destination
+    checked, and every value loaded and decoded (the pickle policy included)
+    before a tensor is touched. (A tensor extent found corrupt mid-load fails
+    it with tensors already filled; their values are then unspecified.)"""
 
     def __init__(self, state_dict, path: str, stored_structure, allow_pickle: bool):
         self._state_dict = state_dict
         self._allow_pickle = allow_pickle
+        self._raw_values = stored_structure is None  # C++ checkpoints hold raw bytes
         flat, self._structure = structure_map.flatten(state_dict)
         stored_fqn = _stored_fqns(stored_structure, self._structure)
-        self.items = _core.StateItems()
-        self._values = {}      # caller fqn -> checkpoint fqn, for non-tensor leaves
-        self._copy_back = []   # (destination, contiguous stand-in)
+        self.tensor_items = _core.StateItems()
+        self.value_items = _core.StateItems()
+        self._values = {}        # caller fqn -> checkpoint fqn, for non-tensor leaves
+        self._copy_back = []     # (destination, contiguous stand-in)
+        # Every destination, referenced until the load ends: the GIL is released
+        # while ringckpt writes through their data pointers.
+        self._destinations = []
         views = []
         for fqn, leaf in flat.items():
             source = stored_fqn(fqn)
@@ -137,25 +164,38 @@ class LoadTarget:
                 raise Error("not_found", fqn, f"is not in the checkpoint {path}")
             if isinstance(leaf, torch.Tensor):
                 dtype = _checked_tensor(fqn, leaf)
+                self._destinations.append(leaf)
                 if not leaf.is_contiguous():
+                    if torch._debug_has_internal_overlap(leaf) == 1:
+                        raise Error("invalid_argument", fqn, "is a view whose elements overlap "
+                                    "(an expanded tensor): a load cannot fill it")
                     _note_extra_copy(fqn, "loading into")
                     stand_in = torch.empty(leaf.shape, dtype=leaf.dtype)
                     self._copy_back.append((leaf, stand_in))
                     leaf = stand_in
                 views.append((source, leaf.data_ptr(), dtype, tuple(leaf.shape)))
             else:
-                self.items.add_bytes(source, b"")
+                self.value_items.add_bytes(source, b"")
                 self._values[fqn] = source
-        self.items.add_tensors(views)
+        self.tensor_items.add_tensors(views)
 
-    def finish(self) -> None:
-        """After the load: copies stand-ins into their destinations and puts the
-        loaded values into the caller's containers."""
-        for destination, stand_in in self._copy_back:
-            destination.copy_(stand_in)
-        loaded = {fqn: values.decode(self.items.bytes_of(source), key=fqn,
-                                     allow_pickle=self._allow_pickle)
-                  for fqn, source in self._values.items()}
+    def run(self, load, path: str) -> None:
+        """Loads through `load` (_core.load or a _core.Checkpointer's load): the
+        values first, decoded before any tensor is read, then the tensors;
+        then copies stand-ins into their destinations and puts the values into
+        the caller's containers."""
+        loaded = {}
+        if self._values:
+            load(self.value_items, path)
+            for fqn, source in self._values.items():
+                raw = self.value_items.bytes_of(source)
+                loaded[fqn] = raw if self._raw_values else values.decode(
+                    raw, key=fqn, allow_pickle=self._allow_pickle)
+        if len(self.tensor_items):
+            load(self.tensor_items, path)
+        with torch.no_grad():
+            for destination, stand_in in self._copy_back:
+                destination.copy_(stand_in)
         structure_map.fill_in_place(self._state_dict, loaded, self._structure)
 
 

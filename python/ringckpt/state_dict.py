@@ -272,7 +272,12 @@ def structure_to_bytes(structure, *, check: bool = True) -> bytes:
     for a structure flatten() has just made (a save's hot path)."""
     if check:
         _checked_nodes(structure)
-    return json.dumps(structure, separators=(",", ":"), allow_nan=False).encode("ascii")
+    data = json.dumps(structure, separators=(",", ":"), allow_nan=False).encode("ascii")
+    if len(data) > MAX_STRUCTURE_BYTES:
+        raise Error("invalid_argument", "state_dict",
+                    f"its structure map is {len(data)} bytes, over the limit of "
+                    f"{MAX_STRUCTURE_BYTES} a load accepts")
+    return data
 
 
 class _Malformed(Exception):

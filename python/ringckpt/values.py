@@ -136,13 +136,15 @@ def _node(value, depth: int):
 
 
 def encode(value, *, key: str, allow_pickle: bool = False) -> bytes:
-    """The bytes that decode() turns back into `value`, with exact types.
+    """The bytes that decode() turns back into `value`, with exact types, at
+    most MAX_ENCODED_BYTES (what decode accepts: a larger value is refused
+    here, not found unloadable later).
     `key` names the value in errors. Raises Error("invalid_argument", key, ...)
     for a type outside the plain ones unless allow_pickle, for nesting deeper
     than MAX_DEPTH (a cycle included), and for a value pickle cannot store."""
     try:
         text = json.dumps(_node(value, 1), separators=(",", ":"), allow_nan=False)
-        return MAGIC_JSON + text.encode("ascii")
+        return _bounded(MAGIC_JSON + text.encode("ascii"), key)
     except _TooDeep:
         raise Error("invalid_argument", key,
                     f"the value nests containers deeper than {MAX_DEPTH} levels "
@@ -155,10 +157,19 @@ def encode(value, *, key: str, allow_pickle: bool = False) -> bytes:
                         f"{unsupported.type_name}{at} is not a plain value ({_PLAIN_TYPES}); "
                         "pass allow_pickle=True to store it with pickle") from None
     try:
-        return MAGIC_PICKLE + pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        pickled = MAGIC_PICKLE + pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # pickle raises many types (PicklingError, TypeError, ...)
         raise Error("invalid_argument", key,
                     f"pickle cannot store the {_type_name(value)}: {exc}") from None
+    return _bounded(pickled, key)
+
+
+def _bounded(data: bytes, key: str) -> bytes:
+    if len(data) > MAX_ENCODED_BYTES:
+        raise Error("invalid_argument", key,
+                    f"the value encodes to {len(data)} bytes, over the limit of "
+                    f"{MAX_ENCODED_BYTES} a load accepts: store large data as a tensor")
+    return data
 
 
 def _reject_object(pairs):

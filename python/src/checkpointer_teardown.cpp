@@ -7,6 +7,7 @@
 #include <thread>
 #include <unordered_set>
 
+#include "gil_release.hpp"
 #include "py_checkpointer.hpp"
 
 namespace ringckpt::python {
@@ -63,7 +64,7 @@ void destroy_checkpointer(Checkpointer* checkpointer) noexcept {
     return;
   }
   if (holds_gil()) {
-    py::gil_scoped_release release;
+    GilRelease release;
     delete checkpointer;
   } else {
     delete checkpointer;
@@ -94,15 +95,27 @@ void close_all_checkpointers() {
     // still holds one): destroy_checkpointer releases the GIL.
     open.reset();
   }
-  py::gil_scoped_release release;
+  GilRelease release;
   std::unique_lock lock(g_detached_mutex);
   g_detached_done.wait(lock, [] { return g_detached_pending == 0; });
+}
+
+void forget_all_checkpointers() noexcept {
+  std::lock_guard lock(g_registry_mutex);
+  for (PyCheckpointer* open : registry()) {
+    // Leaked on purpose: its threads are not in this process.
+    (void)new std::shared_ptr<Checkpointer>(open->take());
+  }
+  registry().clear();
 }
 
 void install_atexit_close(py::module_& module) {
   py::cpp_function close_all([] { close_all_checkpointers(); }, py::name("_close_all"));
   module.attr("_close_all") = close_all;
   py::module_::import("atexit").attr("register")(close_all);
+  py::cpp_function forget_all([] { forget_all_checkpointers(); }, py::name("_forget_all"));
+  module.attr("_forget_all") = forget_all;
+  py::module_::import("os").attr("register_at_fork")(py::arg("after_in_child") = forget_all);
 }
 
 }  // namespace ringckpt::python

@@ -45,7 +45,13 @@ void unregister_checkpointer(PyCheckpointer* checkpointer) noexcept;
 // REQUIRES: the GIL is held (it is released while waiting).
 void close_all_checkpointers();
 
-// Registers close_all_checkpointers with Python's atexit.
+// In a child forked from a process with open Checkpointers: their threads
+// were not forked, so joining them would fail. Each is leaked (never
+// destroyed) and its PyCheckpointer left closed.
+void forget_all_checkpointers() noexcept;
+
+// Registers close_all_checkpointers with Python's atexit, and
+// forget_all_checkpointers to run in a forked child (os.register_at_fork).
 void install_atexit_close(py::module_& module);
 
 }  // namespace ringckpt::python

@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "gil_release.hpp"
 #include "io_options_args.hpp"
 #include "metadata_dict.hpp"
 #include "ringckpt/checkpoint.hpp"
@@ -17,7 +18,7 @@ void bind_functions(py::module_& module) {
         SaveOptions options;
         options.io = io_options_from(io);
         options.overwrite = overwrite;
-        py::gil_scoped_release release;
+        GilRelease release;
         ringckpt::save(items.state_dict(), dir, options);
       },
       py::arg("items"), py::arg("dir"), py::kw_only(), py::arg("overwrite") = false,
@@ -28,7 +29,7 @@ void bind_functions(py::module_& module) {
       [](StateItems& items, const std::string& dir, const py::kwargs& io) {
         LoadOptions options;
         options.io = io_options_from(io);
-        py::gil_scoped_release release;
+        GilRelease release;
         ringckpt::load(items.state_dict(), dir, options);
       },
       py::arg("items"), py::arg("dir"),
@@ -39,7 +40,7 @@ void bind_functions(py::module_& module) {
       [](const std::string& dir) {
         Metadata metadata;
         {
-          py::gil_scoped_release release;
+          GilRelease release;
           metadata = ringckpt::read_metadata(dir);
         }
         return metadata_dict(metadata);
@@ -51,7 +52,7 @@ void bind_functions(py::module_& module) {
       [](const std::string& dir) {
         VerifyReport report;
         {
-          py::gil_scoped_release release;
+          GilRelease release;
           report = ringckpt::verify(dir);
         }
         return verify_report_dict(report);

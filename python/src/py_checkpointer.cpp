@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "checkpointer_teardown.hpp"
+#include "gil_release.hpp"
 #include "io_options_args.hpp"
 #include "ringckpt/error.hpp"
 #include "save_callbacks.hpp"
@@ -18,7 +19,7 @@ namespace {
 // run with the GIL held.
 template <typename F>
 decltype(auto) without_gil(std::shared_ptr<Checkpointer> checkpointer, F&& f) {
-  py::gil_scoped_release release;
+  GilRelease release;
   struct Drop {
     std::shared_ptr<Checkpointer>& held;
     ~Drop() { held.reset(); }
@@ -36,7 +37,7 @@ void check_callable(const py::object& callback, const char* name) {
 
 PyCheckpointer::PyCheckpointer(const CheckpointerOptions& options) {
   {
-    py::gil_scoped_release release;
+    GilRelease release;
     impl_ = std::shared_ptr<Checkpointer>(new Checkpointer(options), destroy_checkpointer);
   }
   register_checkpointer(this);
@@ -100,7 +101,7 @@ py::dict PyCheckpointer::report() const {
 
 void bind_checkpointer(py::module_& module) {
   py::class_<PySaveHandle>(module, "SaveHandle", "One save in flight.")
-      .def("cancel", &PySaveHandle::cancel, py::call_guard<py::gil_scoped_release>());
+      .def("cancel", &PySaveHandle::cancel, py::call_guard<GilRelease>());
 
   py::class_<PyCheckpointer>(module, "Checkpointer",
                              "The long-lived checkpointer: a staging ring, io_uring and threads.")

@@ -299,3 +299,92 @@ def test_teardown_with_a_save_in_flight(tmp_path, how):
         assert "dropped" in done.stdout
     if (tmp_path / "ckpt" / "metadata.json").exists():  # it committed: then it is whole
         assert ringckpt.verify(tmp_path / "ckpt")["ok"]
+
+
+def test_a_failed_load_leaves_the_destination_as_it_was(checkpointer, tmp_path):
+    checkpointer.save({"w": torch.ones(4), "cfg": Opaque(1)}, tmp_path / "ckpt",
+                      allow_pickle=True)
+    for load in (ringckpt.load, checkpointer.load):
+        dest = {"w": torch.zeros(4), "cfg": None}
+        with pytest.raises(ringckpt.Error) as e:
+            load(dest, tmp_path / "ckpt")  # the value is pickled: refused before any tensor
+        assert e.value.where == "cfg"
+        assert torch.equal(dest["w"], torch.zeros(4)) and dest["cfg"] is None
+    ringckpt.save({"w": torch.ones(4), "b": torch.ones(3)}, tmp_path / "ckpt2")
+    dest = {"w": torch.zeros(4), "b": torch.zeros(1).expand(3)}
+    with pytest.raises(ringckpt.Error) as e:
+        ringckpt.load(dest, tmp_path / "ckpt2")
+    assert e.value.where == "b" and "overlap" in str(e.value)
+    assert torch.equal(dest["w"], torch.zeros(4))
+
+
+def test_a_checkpoint_written_without_a_structure_map_loads_with_raw_values(tmp_path):
+    from ringckpt import _core
+    w = torch.arange(4, dtype=torch.float32)
+    items = _core.StateItems()
+    items.add_tensor("w", w.data_ptr(), "F32", (4,))
+    items.add_bytes("note", b"\x00raw")
+    _core.save(items, str(tmp_path / "ckpt"))
+    loaded = ringckpt.load_state_dict(tmp_path / "ckpt")  # flat, in metadata.json's order
+    assert sorted(loaded) == ["note", "w"]
+    assert torch.equal(loaded["w"], w) and loaded["note"] == b"\x00raw"
+    dest = {"w": torch.zeros(4), "note": b""}
+    ringckpt.load(dest, tmp_path / "ckpt")
+    assert torch.equal(dest["w"], w) and dest["note"] == b"\x00raw"
+
+
+def test_a_value_too_large_to_load_is_refused_at_save(tmp_path, monkeypatch):
+    from ringckpt import values
+    monkeypatch.setattr(values, "MAX_ENCODED_BYTES", 1000)
+    with pytest.raises(ringckpt.Error) as e:
+        ringckpt.save({"w": torch.ones(1), "blob": b"x" * 2000}, tmp_path / "ckpt")
+    assert e.value.code == "invalid_argument" and e.value.where == "blob"
+    assert not (tmp_path / "ckpt" / "metadata.json").exists()
+
+
+def test_a_save_on_a_temporary_checkpointer_runs_to_the_end(tmp_path):
+    h = ringckpt.Checkpointer(ring_bytes=16 << 20, extent_size=1 << 20).async_save(
+        {"w": torch.ones(1 << 20)}, tmp_path / "ckpt")
+    gc.collect()
+    h.committed.result(timeout=60)
+    assert torch.equal(ringckpt.load_state_dict(tmp_path / "ckpt")["w"], torch.ones(1 << 20))
+
+
+EXIT_DURING_BLOCKING_CALL = textwrap.dedent("""
+    import sys, threading, time, torch, ringckpt
+    ck = ringckpt.Checkpointer(ring_bytes=32 << 20, extent_size=4 << 20)
+    state = {f"t{i}": torch.randn(1024, 1024) for i in range(64)}
+    started = threading.Event()
+    def saving():
+        started.set()
+        for i in range(100):
+            ck.save(state, f"{sys.argv[1]}/{i}")
+    threading.Thread(target=saving, daemon=True).start()
+    started.wait()
+    time.sleep(0.05)
+    print("exiting")
+""")
+
+FORKED_CHILD_EXITS = textwrap.dedent("""
+    import os, sys, torch, ringckpt
+    ck = ringckpt.Checkpointer(ring_bytes=16 << 20, extent_size=1 << 20)
+    ck.save({"w": torch.ones(4)}, sys.argv[1] + "/parent")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ck.save({"w": torch.ones(4)}, sys.argv[1] + "/child")
+        except ringckpt.Error as e:
+            assert "closed" in str(e), e
+        sys.exit(0)  # atexit runs in the child: it must not join the parent's threads
+    _, status = os.waitpid(pid, 0)
+    print("child", os.waitstatus_to_exitcode(status))
+""")
+
+
+def test_exit_while_a_daemon_thread_saves_and_a_forked_child_exit(tmp_path):
+    done = subprocess.run([sys.executable, "-c", EXIT_DURING_BLOCKING_CALL, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "exiting" in done.stdout, (done.returncode, done.stderr)
+    done = subprocess.run([sys.executable, "-c", FORKED_CHILD_EXITS, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "child 0" in done.stdout, (done.stdout, done.stderr)
