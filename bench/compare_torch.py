@@ -317,6 +317,15 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
+def reset(target):
+    """Zeroes every tensor of a flat state dict and sets its plain values to 0."""
+    for name, value in target.items():
+        if isinstance(value, torch.Tensor):
+            value.zero_()
+        else:
+            target[name] = 0
+
+
 def one_round(ctx, r, check):
     """Runs round r; appends each figure (seconds, or GB/s for the C++ bench)
     to ctx["samples"]; returns correctness findings when `check`."""
@@ -353,11 +362,9 @@ def one_round(ctx, r, check):
             dcp_save_durable(dcp, flat_dcp, path["dcp"])
         s["dcp save"].append(t.seconds)
 
-        # Loads. The preallocated target is zeroed (outside the timing) so a
+        # Loads. The preallocated target is reset (outside the timing) so a
         # load that silently did nothing cannot pass the check.
-        for tensor in target.values():
-            if isinstance(tensor, torch.Tensor):
-                tensor.zero_()
+        reset(target)
         cache.drop(path["sync"])
         with Timer() as t:
             ck.load(target, path["sync"])
@@ -381,10 +388,8 @@ def one_round(ctx, r, check):
             found["ringckpt.load_state_dict"] = first_difference(state, loaded)
         del loaded
 
-        for name, tensor in target.items():
-            if isinstance(tensor, torch.Tensor):
-                tensor.zero_()
-        dcp_target = flat_for_dcp(target)
+        reset(target)
+        dcp_target = dict(target)
         cache.drop(path["dcp"])
         with Timer() as t:
             dcp.load_state_dict(dcp_target, storage_reader=dcp.FileSystemReader(path["dcp"]),
