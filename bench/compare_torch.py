@@ -544,8 +544,9 @@ def main():
                 found = one_round(ctx, r, check=r + 1 == args.repeat)
                 print(f"  round {r + 1}/{args.repeat} done", file=sys.stderr)
         if ctx["py_file_bytes"] != ctx["file_bytes"]:
-            print(f"note: Python wrote {ctx['py_file_bytes']} data bytes, the C++ bench "
-                  f"{ctx['file_bytes']}: rates compare different byte counts")
+            print(f"note: Python wrote {ctx['py_file_bytes']} data bytes (its structure map "
+                  f"and encoded values included), the C++ bench {ctx['file_bytes']}; every "
+                  "ringckpt rate counts the C++ bench's bytes")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
