@@ -1,32 +1,37 @@
 #!/usr/bin/env python3
-"""compare_torch.py — ringckpt against torch.save and DCP on the same disk.
+"""compare_torch.py: ringckpt from Python against torch.save and DCP, same process, same tensors.
 
-Writes the same state dict (the shape of `ringckpt bench`'s synthetic
-transformer: BF16 parameters, two F32 optimizer moments per parameter, a step
-counter) three ways, each durable (fsync / sync_files=True):
+Every round runs, interleaved, on one state dict shaped like `ringckpt bench`'s
+synthetic transformer at --size (BF16 parameters, two F32 Adam moments each, a
+step counter; names, dtypes and shapes read from the checkpoint that
+`ringckpt bench --keep` leaves, so C++ and Python write the same tensors):
 
-  torch.save          one file, buffered, then fsync (what most programs do)
-  DCP, single file    torch.distributed._shard.checkpoint (torch 1.13),
-                      FileSystemWriter(single_file_per_rank=True)
-  DCP, file per item  the same with single_file_per_rank=False
+  saves  `ringckpt bench --json --repeat 1` (a subprocess: the device's raw
+         io_uring O_DIRECT write rate and the C++ sync save of these bytes),
+         ringckpt Checkpointer.save (the C++ bench's sync: the default, lazy
+         mode, waited to commit), torch.save + flush + fsync, ringckpt lazy
+         async_save (stall = until it returns; then until committed), DCP
+         save_state_dict (FileSystemWriter, sync_files=True);
+  loads  page caches dropped before each: Checkpointer.load in place,
+         torch.load (map_location="cpu"), ringckpt.load_state_dict (new
+         tensors), DCP load_state_dict into preallocated tensors.
 
-and runs `ringckpt bench --json` with the same size in the same directory,
-then prints ringckpt-sync's speed-up over each (and over the device limit and
-the naive write() loop that ringckpt bench measures itself).
+Medians over --repeat rounds; ratios are medians of per-round ratios (the disk
+drifts; only ratios within a round mean anything). Gates: Python sync save
+>= 0.95 x the C++ bench's sync save, >= 0.90 x the device write rate; in-place
+load >= 1.2 x torch.load. The last round checks that every load equals the
+source (torch.equal on every tensor) and that ringckpt.verify passes.
 
-The state dict's names, dtypes and shapes are read from the checkpoint that
-`ringckpt bench --keep` leaves, so both sides write exactly the same tensors;
-that is why ringckpt runs first here.
-
-Needs Debian's python3-torch (1.13.1), which lives in /usr/bin/python3:
-    /usr/bin/python3 bench/compare_torch.py --size 1GiB --repeat 3 \
-        --ringckpt build/tools/ringckpt
-Not run in CI.
+Usage (Debian's torch 1.13 lives in /usr/bin/python3; needs root to drop the
+page cache, else it falls back to posix_fadvise(DONTNEED) per file):
+    PYTHONPATH=build/python /usr/bin/python3 bench/compare_torch.py \
+        --size 1GiB --repeat 5 --ringckpt build/tools/ringckpt [--json out.json]
+Run in a directory on a real disk (default /var/tmp), not tmpfs. Not run in CI.
 """
 
 import argparse
+import copy
 import dataclasses
-import io
 import json
 import os
 import re
@@ -37,96 +42,83 @@ import sys
 import tempfile
 import time
 
-_DEBIAN_PYTHON = "/usr/bin/python3"
+import torch
 
-
-def import_torch():
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        if (os.path.exists(_DEBIAN_PYTHON)
-                and os.path.realpath(sys.executable) != os.path.realpath(_DEBIAN_PYTHON)
-                and not os.environ.get("COMPARE_TORCH_REEXEC")):
-            print(f"torch is not importable from {sys.executable}; "
-                  f"re-running with {_DEBIAN_PYTHON} (Debian's python3-torch)", file=sys.stderr)
-            os.environ["COMPARE_TORCH_REEXEC"] = "1"
-            os.execv(_DEBIAN_PYTHON, [_DEBIAN_PYTHON] + sys.argv)
-        sys.exit("compare_torch.py: torch is not installed (apt-get install python3-torch)")
-    import torch
-    return torch
+# --------------------------------------------------------------------------
+# Shared with train_torch.py (which imports them from here).
 
 
 def import_dcp():
-    """Imports torch 1.13's DCP (torch.distributed._shard.checkpoint).
+    """torch 1.13's DCP (torch.distributed._shard.checkpoint) and the list of
+    dataclass fields that had to be patched to import it.
 
-    Under Python 3.11 its import fails: dataclasses now refuse any unhashable
-    default (torch 1.13's ShardedTensorMetadata has a TensorProperties()
-    default; fixed upstream in pytorch PR 91795). Work-around: while importing,
-    a field whose default is refused is given a default_factory that deep-copies
-    that default, which is what the upstream fix does by hand.
-    """
-    import copy
+    Python 3.11 refuses a dataclass field whose default is an instance of an
+    unhashable class; torch 1.13's ShardedTensorMetadata has such a default
+    (a TensorProperties(), fixed upstream by pytorch PR 91795). While DCP is
+    imported, `dataclasses.dataclass` is wrapped so that such a default becomes
+    a default_factory returning a deep copy of it, which is the upstream fix.
+    Classes decorated outside this import are untouched (the wrapper is removed
+    afterwards)."""
     patched = []
-    original = dataclasses._get_field
+    plain_dataclass = dataclasses.dataclass
 
-    def lenient_get_field(cls, a_name, a_type, *rest):
-        try:
-            return original(cls, a_name, a_type, *rest)
-        except ValueError as e:
-            if "mutable default" not in str(e):
-                raise
-            default = cls.__dict__.get(a_name, dataclasses.MISSING)
-            if isinstance(default, dataclasses.Field):
-                value = default.default
-                default.default = dataclasses.MISSING
-                default.default_factory = lambda v=value: copy.deepcopy(v)
-            else:
-                setattr(cls, a_name,
-                        dataclasses.field(default_factory=lambda v=default: copy.deepcopy(v)))
-            patched.append(f"{cls.__module__}.{cls.__qualname__}.{a_name}")
-            return original(cls, a_name, a_type, *rest)
+    def factory_for(value):
+        return lambda: copy.deepcopy(value)
 
-    dataclasses._get_field = lenient_get_field
+    def move_unhashable_defaults(cls):
+        for name in cls.__dict__.get("__annotations__", {}):
+            held = cls.__dict__.get(name, dataclasses.MISSING)
+            if isinstance(held, dataclasses.Field):
+                default = held.default
+                if default is not dataclasses.MISSING and type(default).__hash__ is None:
+                    held.default = dataclasses.MISSING
+                    held.default_factory = factory_for(default)
+                    patched.append(f"{cls.__qualname__}.{name}")
+            elif held is not dataclasses.MISSING and type(held).__hash__ is None:
+                setattr(cls, name, dataclasses.field(default_factory=factory_for(held)))
+                patched.append(f"{cls.__qualname__}.{name}")
+        return cls
+
+    def dataclass_with_factories(cls=None, /, **options):
+        def decorate(target):
+            return plain_dataclass(move_unhashable_defaults(target), **options)
+        return decorate if cls is None else decorate(cls)
+
+    dataclasses.dataclass = dataclass_with_factories
     try:
         import torch.distributed._shard.checkpoint as dcp
     finally:
-        dataclasses._get_field = original
-    if patched:
-        print("note: Python %d.%d refuses torch %s's mutable dataclass defaults (fixed upstream in "
-              "pytorch PR 91795); imported DCP with default_factory for: %s"
-              % (sys.version_info[0], sys.version_info[1], __import__("torch").__version__,
-                 ", ".join(patched)), file=sys.stderr)
+        dataclasses.dataclass = plain_dataclass
     return dcp, patched
 
 
+def flat_for_dcp(state, prefix=""):
+    """torch 1.13's DCP does not flatten nested dicts (it would pickle a whole
+    sub-dict as one bytes item), so users flatten by hand: dotted names, as DCP
+    2.x's flatten_state_dict names them. Values are the same objects."""
+    flat = {}
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_for_dcp(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
 def parse_size(text):
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", text, re.IGNORECASE)
+    """'1GiB', '256MiB', '500MB', '1048576' -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(i?)B?|B?)\s*", text, re.IGNORECASE)
     if not m:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 256MiB, 1GiB)")
-    value, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
-    power = "KMGT".find(unit) + 1 if unit else 0
-    return int(value * ((1024 if binary or not unit else 1000) ** power))
+    unit = m.group(2)
+    if not unit:
+        return int(float(m.group(1)))
+    base = 1024 if m.group(3) else 1000
+    return int(float(m.group(1)) * base ** ("KMGT".index(unit.upper()) + 1))
 
 
-def find_ringckpt(given):
-    if given:
-        return given
-    here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.join(here, "..", "build", "tools", "ringckpt"),
-                      shutil.which("ringckpt")):
-        if candidate and os.access(candidate, os.X_OK):
-            return os.path.abspath(candidate)
-    sys.exit("compare_torch.py: no ringckpt binary found; pass --ringckpt PATH")
-
-
-def fsync_tree(path):
-    for root, dirs, files in os.walk(path):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+def fsync_path(path):
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -134,178 +126,455 @@ def fsync_tree(path):
         os.close(fd)
 
 
-def state_dict_from_metadata(torch, metadata_path, seed=1):
-    """The state dict that ringckpt saved, rebuilt from its metadata.json,
-    filled with seeded random bytes."""
-    dtypes = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32,
-              "F64": torch.float64, "I8": torch.int8, "U8": torch.uint8, "I16": torch.int16,
-              "I32": torch.int32, "I64": torch.int64, "BOOL": torch.bool}
-    with open(metadata_path) as f:
-        md = json.load(f)
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    nbytes = 0
-    for name, entry in md["state_dict_metadata"].items():
-        if entry.get("type") == "tensor":
-            dtype = dtypes[entry["dtype"]]
-            shape = [int(s) for s in entry["size"]]
-            t = torch.empty(shape, dtype=dtype)
-            raw = t.view(-1).view(torch.uint8) if t.numel() else t
-            if t.numel():
-                if dtype == torch.bool:
-                    raw.random_(0, 2, generator=gen)
-                else:
-                    raw.random_(0, 256, generator=gen)
-            sd[name] = t
-            nbytes += t.numel() * t.element_size()
-        else:
-            sd[name] = 0  # the step counter (a small blob in ringckpt)
-            nbytes += 8
-    return sd, nbytes
-
-
-def time_torch_save(torch, sd, path):
-    t0 = time.perf_counter()
-    with open(path, "wb") as f:
-        torch.save(sd, f)
-        f.flush()
-        os.fsync(f.fileno())
-    fd = os.open(os.path.dirname(path), os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-    return time.perf_counter() - t0
-
-
-def time_dcp_save(dcp, sd, path, single_file):
-    os.makedirs(path)
-    t0 = time.perf_counter()
-    writer = dcp.FileSystemWriter(path, single_file_per_rank=single_file, sync_files=True)
-    dcp.save_state_dict(sd, storage_writer=writer, no_dist=True)
-    fsync_tree(path)  # DCP syncs its data files; the directory and .metadata too, to be fair
-    return time.perf_counter() - t0
-
-
-def tree_bytes(path):
+def files_under(path):
     if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(r, n)) for r, _, fs in os.walk(path) for n in fs)
+        return [path]
+    return [os.path.join(r, n) for r, _, names in os.walk(path) for n in names]
 
 
 def remove(path):
     if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.exists(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
         os.remove(path)
 
 
-def summary(samples):
-    return statistics.median(samples), min(samples), max(samples)
+def torch_save_durable(state, path):
+    """torch.save as people make it durable: flush, fsync the file and its directory."""
+    with open(path, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_path(os.path.dirname(path))
 
 
-def format_table(header, rows):
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)),
-             "  ".join("-" * w for w in widths)]
-    for r in rows:
-        lines.append("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                               for i, (c, w) in enumerate(zip(r, widths))))
+def dcp_save_durable(dcp, flat_state, path):
+    """DCP's own durable save (sync_files=True fsyncs the data files); its
+    .metadata and the directory are fsynced too, as ringckpt does for its own."""
+    os.makedirs(path)
+    dcp.save_state_dict(flat_state, storage_writer=dcp.FileSystemWriter(path, sync_files=True),
+                        no_dist=True)
+    for name in files_under(path):
+        if not name.endswith(".distcp"):
+            fsync_path(name)
+    fsync_path(path)
+
+
+class PageCache:
+    """Drops the page cache before a timed load. `method` says how: the
+    kernel-wide drop (needs root and a writable /proc/sys), else per-file
+    posix_fadvise(DONTNEED) after fsync, which only evicts clean pages."""
+
+    def __init__(self):
+        try:
+            os.sync()
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3\n")
+            self.method = "echo 3 > /proc/sys/vm/drop_caches"
+        except OSError:
+            self.method = "posix_fadvise(POSIX_FADV_DONTNEED) per file"
+
+    def drop(self, path):
+        if self.method.startswith("echo"):
+            os.sync()
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3\n")
+            return
+        for name in files_under(path):
+            fd = os.open(name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def machine_facts(directory):
+    """CPU model, cores, memory and the filesystem that holds `directory`."""
+    model = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = next(int(l.split()[1]) for l in f if l.startswith("MemTotal:"))
+    target = os.path.realpath(directory)
+    best, fstype, device = "", "unknown", "?"
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            mount_point = fields[4]
+            tail = fields[fields.index("-") + 1:]
+            inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+            if inside and len(mount_point) >= len(best):
+                best, fstype, device = mount_point, tail[0], tail[1]
+    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(mem_kib / 2**20, 1),
+            "dir": target, "filesystem": fstype, "mount": best, "device": device,
+            "python": sys.version.split()[0], "torch": torch.__version__}
+
+
+def machine_line(m):
+    return (f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; --dir "
+            f"{m['dir']} on {m['filesystem']} ({m['device']} at {m['mount']}); "
+            f"Python {m['python']}, torch {m['torch']}")
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def gate(name, rule, value, limit, passed):
+    return {"name": name, "rule": rule, "value": value, "limit": limit, "pass": bool(passed)}
+
+
+def gate_line(g):
+    return f"{'PASS' if g['pass'] else 'FAIL'}  {g['rule']}  ({g['value']:.3f} vs {g['limit']:.3g})"
+
+
+# --------------------------------------------------------------------------
+# The state dict, from the C++ bench's own checkpoint.
+
+_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32,
+           "F64": torch.float64, "I8": torch.int8, "U8": torch.uint8, "I16": torch.int16,
+           "I32": torch.int32, "I64": torch.int64, "BOOL": torch.bool}
+
+
+def state_dict_like(metadata_path, seed):
+    """A flat state dict with the names, dtypes and shapes of a ringckpt
+    checkpoint's metadata.json, filled with seeded random bytes (random bytes
+    do not compress, like trained weights). Non-tensor entries (the step
+    counter blob) become a plain int. Returns (state, tensor bytes)."""
+    with open(metadata_path) as f:
+        entries = json.load(f)["state_dict_metadata"]
+    gen = torch.Generator().manual_seed(seed)
+    state, nbytes = {}, 0
+    for name, entry in entries.items():
+        if entry.get("type") != "tensor":
+            state[name] = 1000
+            continue
+        t = torch.empty([int(s) for s in entry["size"]], dtype=_DTYPES[entry["dtype"]])
+        if t.numel():
+            raw = t.view(-1).view(torch.uint8)
+            raw.random_(0, 2 if t.dtype == torch.bool else 256, generator=gen)
+        state[name] = t
+        nbytes += t.numel() * t.element_size()
+    return state, nbytes
+
+
+def raw_bytes(t):
+    """The tensor's bytes as uint8: random bytes hold NaNs, which torch.equal
+    on floats would call different from themselves."""
+    return t.contiguous().view(-1).view(torch.uint8)
+
+
+def first_difference(source, loaded):
+    """None if `loaded` (a flat dict, or nested with dotted names) equals
+    `source` exactly, else the first differing name."""
+    if not isinstance(loaded, dict):
+        return "<not a dict>"
+    if set(loaded) != set(source):
+        loaded = flat_for_dcp(loaded)
+    for name, want in source.items():
+        got = loaded.get(name)
+        if isinstance(want, torch.Tensor):
+            if not (isinstance(got, torch.Tensor) and got.dtype == want.dtype
+                    and got.shape == want.shape and torch.equal(raw_bytes(got), raw_bytes(want))):
+                return name
+        elif got != want:
+            return name
+    return None
+
+
+# --------------------------------------------------------------------------
+# The rounds.
+
+
+def run_cpp_bench(binary, size_text, directory, keep):
+    cmd = [binary, "bench", "--json", "--size", size_text, "--repeat", "1", "--dir", directory]
+    if keep:
+        cmd.append("--keep")
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"compare_torch.py: {' '.join(cmd)} exited {proc.returncode}:\n"
+                 + proc.stderr[-2000:])
+    return json.loads(proc.stdout)
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+
+
+def reset(target):
+    """Zeroes every tensor of a flat state dict and sets its plain values to 0."""
+    for name, value in target.items():
+        if isinstance(value, torch.Tensor):
+            value.zero_()
+        else:
+            target[name] = 0
+
+
+def one_round(ctx, r, check):
+    """Runs round r; appends each figure (seconds, or GB/s for the C++ bench)
+    to ctx["samples"]; returns correctness findings when `check`."""
+    ringckpt, dcp, ck, cache = ctx["ringckpt"], ctx["dcp"], ctx["ck"], ctx["cache"]
+    state, flat_dcp, target = ctx["state"], ctx["flat_dcp"], ctx["target"]
+    s = ctx["samples"]
+    where = os.path.join(ctx["root"], f"round-{r}")
+    os.makedirs(where)
+    path = {k: os.path.join(where, k) for k in
+            ("cpp", "sync", "lazy", "torch.pt", "dcp")}
+    found = {}
+    try:
+        cpp = run_cpp_bench(ctx["binary"], ctx["size_text"], path["cpp"], keep=False)
+        for key in ("device", "ringckpt-sync", "device-read", "load"):
+            s["cpp " + key].append(cpp["phases"][key]["median"])
+        remove(path["cpp"])
+
+        with Timer() as t:
+            ck.save(state, path["sync"], mode="lazy")
+        s["py sync save"].append(t.seconds)
+
+        with Timer() as t:
+            torch_save_durable(state, path["torch.pt"])
+        s["torch.save+fsync"].append(t.seconds)
+
+        with Timer() as t:
+            handle = ck.async_save(state, path["lazy"], mode="lazy")
+            returned = time.perf_counter() - t.start
+            handle.committed.result()
+        s["py lazy returned"].append(returned)
+        s["py lazy committed"].append(t.seconds)
+
+        with Timer() as t:
+            dcp_save_durable(dcp, flat_dcp, path["dcp"])
+        s["dcp save"].append(t.seconds)
+
+        # Loads. The preallocated target is reset (outside the timing) so a
+        # load that silently did nothing cannot pass the check.
+        reset(target)
+        cache.drop(path["sync"])
+        with Timer() as t:
+            ck.load(target, path["sync"])
+        s["py load in place"].append(t.seconds)
+        if check:
+            found["Checkpointer.load"] = first_difference(state, target)
+
+        cache.drop(path["torch.pt"])
+        with Timer() as t:
+            loaded = torch.load(path["torch.pt"], map_location="cpu")
+        s["torch.load"].append(t.seconds)
+        if check:
+            found["torch.load"] = first_difference(state, loaded)
+        del loaded
+
+        cache.drop(path["lazy"])
+        with Timer() as t:
+            loaded = ringckpt.load_state_dict(path["lazy"])
+        s["py load_state_dict"].append(t.seconds)
+        if check:
+            found["ringckpt.load_state_dict"] = first_difference(state, loaded)
+        del loaded
+
+        reset(target)
+        dcp_target = dict(target)
+        cache.drop(path["dcp"])
+        with Timer() as t:
+            dcp.load_state_dict(dcp_target, storage_reader=dcp.FileSystemReader(path["dcp"]),
+                                no_dist=True)
+        s["dcp load"].append(t.seconds)
+        if check:
+            found["DCP load_state_dict"] = first_difference(state, dcp_target)
+            report = ringckpt.verify(path["sync"])
+            found["ringckpt.verify"] = None if report.get("ok") else json.dumps(report)[:300]
+        # Same bytes for both writers: else the rates are not comparable.
+        written = sum(os.path.getsize(f) for f in files_under(path["sync"])
+                      if os.path.basename(f) != "metadata.json")
+        ctx["py_file_bytes"] = written
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+    return found
+
+
+def summarize(ctx, repeat):
+    """The table rows, gates and JSON figures from the samples."""
+    s = ctx["samples"]
+    fb, sb = ctx["file_bytes"], ctx["state_bytes"]
+
+    def per_round(f):
+        return median([f(i) for i in range(repeat)])
+
+    py_gbps = [fb / t / 1e9 for t in s["py sync save"]]
+    lazy_gbps = [fb / t / 1e9 for t in s["py lazy committed"]]
+    ratios = {
+        "py sync / cpp sync": per_round(lambda i: py_gbps[i] / s["cpp ringckpt-sync"][i]),
+        "py sync / device": per_round(lambda i: py_gbps[i] / s["cpp device"][i]),
+        "cpp sync / device": per_round(lambda i: s["cpp ringckpt-sync"][i] / s["cpp device"][i]),
+        "py lazy committed / device": per_round(lambda i: lazy_gbps[i] / s["cpp device"][i]),
+        "torch.save / py sync (time)": per_round(
+            lambda i: s["torch.save+fsync"][i] / s["py sync save"][i]),
+        "dcp save / py sync (time)": per_round(lambda i: s["dcp save"][i] / s["py sync save"][i]),
+        "torch.load / py in place (time)": per_round(
+            lambda i: s["torch.load"][i] / s["py load in place"][i]),
+        "dcp load / py in place (time)": per_round(
+            lambda i: s["dcp load"][i] / s["py load in place"][i]),
+        "torch.load / py load_state_dict (time)": per_round(
+            lambda i: s["torch.load"][i] / s["py load_state_dict"][i]),
+        "py in place / cpp load": per_round(
+            lambda i: (fb / s["py load in place"][i] / 1e9) / s["cpp load"][i]),
+    }
+
+    def timed(label, key, nbytes, ratio_key=None, ratio_text=""):
+        sec = median(s[key])
+        rate = nbytes / sec / 1e9
+        ratio = f"{ratios[ratio_key]:.2f}" if ratio_key else ""
+        return [label, f"{sec:.3f}", f"{rate:.2f}", ratio, ratio_text]
+
+    def rated(label, key, ratio_key=None, ratio_text=""):
+        rate = median(s[key])
+        ratio = f"{ratios[ratio_key]:.2f}" if ratio_key else ""
+        return [label, f"{fb / rate / 1e9:.3f}", f"{rate:.2f}", ratio, ratio_text]
+
+    rows = [
+        rated("device write, io_uring O_DIRECT (C++ bench)", "cpp device"),
+        rated("ringckpt sync save (C++ bench)", "cpp ringckpt-sync", "cpp sync / device",
+              "C++ sync / device"),
+        timed("ringckpt Checkpointer.save (Python)", "py sync save", fb, "py sync / cpp sync",
+              "Python / C++ sync, same round"),
+        ["ringckpt lazy async_save: returned (Python)", f"{median(s['py lazy returned']):.6f}",
+         "", "", "the caller's stall"],
+        timed("ringckpt lazy async_save: committed (Python)", "py lazy committed", fb,
+              "py lazy committed / device", "committed / device"),
+        timed("torch.save + fsync", "torch.save+fsync", sb, "torch.save / py sync (time)",
+              "its time / Python sync's"),
+        timed("DCP save_state_dict (sync_files=True)", "dcp save", sb,
+              "dcp save / py sync (time)", "its time / Python sync's"),
+        rated("device read, io_uring O_DIRECT (C++ bench)", "cpp device-read"),
+        rated("ringckpt load (C++ bench)", "cpp load"),
+        timed("ringckpt Checkpointer.load in place (Python)", "py load in place", fb,
+              "py in place / cpp load", "Python / C++ load"),
+        timed("torch.load (map_location=cpu)", "torch.load", sb,
+              "torch.load / py in place (time)", "its time / in place's"),
+        timed("DCP load_state_dict (preallocated)", "dcp load", sb,
+              "dcp load / py in place (time)", "its time / in place's"),
+        timed("ringckpt.load_state_dict (new tensors)", "py load_state_dict", fb,
+              "torch.load / py load_state_dict (time)", "torch.load's time / its"),
+    ]
+    gates = [
+        gate("py-vs-cpp-sync", "Python sync save >= 0.95 x C++ bench sync save (same round)",
+             ratios["py sync / cpp sync"], 0.95, ratios["py sync / cpp sync"] >= 0.95),
+        gate("py-vs-device", "Python sync save >= 0.90 x device write",
+             ratios["py sync / device"], 0.90, ratios["py sync / device"] >= 0.90),
+        gate("inplace-vs-torch-load", "in-place load >= 1.2 x torch.load",
+             ratios["torch.load / py in place (time)"], 1.2,
+             ratios["torch.load / py in place (time)"] >= 1.2),
+    ]
+    return rows, gates, ratios
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", default="256MiB", help="model size (as ringckpt bench --size)")
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each torch phase")
-    ap.add_argument("--dir", help="directory to write in (default: a fresh one under /var/tmp)")
-    ap.add_argument("--ringckpt", help="path to the ringckpt binary")
-    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--size", default="1GiB", help="model size, as ringckpt bench --size")
+    ap.add_argument("--repeat", type=int, default=5, help="rounds (medians over them)")
+    ap.add_argument("--dir", default="/var/tmp", help="where to write (a real disk)")
+    ap.add_argument("--ringckpt", help="the ringckpt tool (default: build/tools/ringckpt)")
+    ap.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
+    ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
-    parse_size(args.size)  # validate early
+    size = parse_size(args.size)
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
-    binary = find_ringckpt(args.ringckpt)
+    here = os.path.dirname(os.path.abspath(__file__))
+    binary = args.ringckpt or os.path.join(here, "..", "build", "tools", "ringckpt")
+    if not os.access(binary, os.X_OK):
+        ap.error(f"no ringckpt tool at {binary}; pass --ringckpt PATH")
 
-    torch = import_torch()
+    import ringckpt
     dcp, patched = import_dcp()
-
-    owned = args.dir is None
-    root = tempfile.mkdtemp(prefix="ringckpt-compare-", dir="/var/tmp") if owned else args.dir
-    os.makedirs(root, exist_ok=True)
+    machine = machine_facts(args.dir)
+    print(machine_line(machine))
+    if patched:
+        print(f"note: DCP imported with default_factory for {', '.join(patched)} "
+              "(Python 3.11 vs torch 1.13; pytorch PR 91795)")
+    root = tempfile.mkdtemp(prefix="ringckpt-compare-", dir=args.dir)
     try:
-        # 1. ringckpt bench (interleaves its own phases, repeat times); keeps its
-        #    checkpoints so that torch writes exactly the same tensors.
-        rc_dir = os.path.join(root, "ringckpt")
-        remove(rc_dir)
-        cmd = [binary, "bench", "--json", "--keep", "--size", args.size,
-               "--repeat", str(args.repeat), "--dir", rc_dir]
-        print("running:", " ".join(cmd), file=sys.stderr)
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"compare_torch.py: ringckpt bench exited {proc.returncode}")
-        rc = json.loads(proc.stdout)
-        sd, nbytes = state_dict_from_metadata(torch, os.path.join(rc_dir, "bench-sync",
-                                                                  "metadata.json"))
-        remove(rc_dir)
-
-        # 2. torch.save and DCP (both layouts), interleaved, repeat times.
-        phases = {"torch.save+fsync": [], "dcp single_file_per_rank=True": [],
-                  "dcp single_file_per_rank=False": []}
-        written = {}
-        for r in range(args.repeat):
-            for name in phases:
-                path = os.path.join(root, "torch-" + re.sub(r"[^a-zA-Z0-9]+", "-", name))
-                remove(path)
-                if name.startswith("torch.save"):
-                    s = time_torch_save(torch, sd, path)
-                else:
-                    s = time_dcp_save(dcp, sd, path, single_file=name.endswith("True"))
-                written[name] = tree_bytes(path)
-                phases[name].append(nbytes / s / 1e9)
-                remove(path)
-                print(f"  round {r + 1}/{args.repeat} {name}: {nbytes / s / 1e9:.2f} GB/s",
-                      file=sys.stderr)
-
-        # 3. Ratios: ringckpt-sync's throughput over each, on the same bytes.
-        rcp = rc["phases"]
-        sync = rcp["ringckpt-sync"]["median"]
-        rows = []
-        figures = {}
-
-        def add(label, samples):
-            med, lo, hi = summary(samples)
-            figures[label] = {"samples": samples, "median": med, "min": lo, "max": hi,
-                              "ringckpt_sync_speedup": sync / med if med > 0 else None}
-            rows.append([label, f"{med:.2f}", f"{lo:.2f} - {hi:.2f}",
-                         f"{sync / med:.2f}x" if med > 0 else "-"])
-
-        for name, samples in phases.items():
-            add(name, samples)
-        add("naive write()+fsync (ringckpt bench)", rcp["naive"]["samples"])
-        add("device write O_DIRECT (ringckpt bench)", rcp["device"]["samples"])
-        add("ringckpt-sync", rcp["ringckpt-sync"]["samples"])
-        m = rc["machine"]
-        if args.json:
-            print(json.dumps({"machine": m, "torch": torch.__version__,
-                              "dcp_dataclass_patch": patched, "state_dict_bytes": nbytes,
-                              "written_bytes": written, "figures": figures}, indent=1))
-        else:
-            print(f"state dict {nbytes / 2**20:.1f} MiB ({len(sd)} entries) on {m['filesystem']} "
-                  f"({root}), torch {torch.__version__}, Python {sys.version.split()[0]}, "
-                  f"{m['cpus']} CPUs; ringckpt O_DIRECT "
-                  f"{'yes' if m['direct_io'] else 'NO'}, extent {m['extent_size'] >> 20} MiB, "
-                  f"queue depth {m['queue_depth']}; repeat {args.repeat}")
-            if patched:
-                print("note: DCP imported with a dataclass work-around (pytorch PR 91795): "
-                      + ", ".join(patched))
-            print()
-            print(format_table(["writer", "median GB/s", "range", "ringckpt-sync is"], rows))
-            print()
-            print("GB/s = state-dict bytes / time to durable; 'ringckpt-sync is' = its median "
-                  "throughput over that row's (device row: < 1.00x means below the disk's limit)")
+        # The shape: the checkpoint a one-round C++ bench keeps.
+        shape_run = run_cpp_bench(binary, args.size, os.path.join(root, "shape"), keep=True)
+        state, state_bytes = state_dict_like(
+            os.path.join(root, "shape", "bench-sync", "metadata.json"), args.seed)
+        remove(os.path.join(root, "shape"))
+        bm = shape_run["machine"]
+        target = {k: (torch.zeros_like(v) if isinstance(v, torch.Tensor) else 0)
+                  for k, v in state.items()}
+        cache = PageCache()
+        print(f"state dict: {len(state)} entries, {state_bytes / 2**30:.3f} GiB of tensors "
+              f"(--size {args.size} = {size} bytes); ringckpt data files "
+              f"{bm['data_file_bytes']} bytes; ring {bm['ring_bytes'] >> 20} MiB, extent "
+              f"{bm['extent_size'] >> 20} MiB, queue depth {bm['queue_depth']}; "
+              f"page cache dropped by {cache.method}; {args.repeat} rounds")
+        ctx = {"ringckpt": ringckpt, "dcp": dcp, "cache": cache, "state": state,
+               "flat_dcp": flat_for_dcp(state), "target": target, "root": root,
+               "binary": binary, "size_text": args.size, "file_bytes": bm["data_file_bytes"],
+               "state_bytes": state_bytes, "samples": {k: [] for k in (
+                   "cpp device", "cpp ringckpt-sync", "cpp device-read", "cpp load",
+                   "py sync save", "torch.save+fsync", "py lazy returned",
+                   "py lazy committed", "dcp save", "py load in place", "torch.load",
+                   "py load_state_dict", "dcp load")}}
+        with ringckpt.Checkpointer(ring_bytes=bm["ring_bytes"], extent_size=bm["extent_size"],
+                                   queue_depth=bm["queue_depth"], staging_threads=2,
+                                   direct_io=True, mode="lazy") as ck:
+            ctx["ck"] = ck
+            warm = os.path.join(root, "warm-up")
+            ck.save(state, warm)  # faults the ring in, as the C++ bench's warm-up does
+            remove(warm)
+            found = {}
+            for r in range(args.repeat):
+                found = one_round(ctx, r, check=r + 1 == args.repeat)
+                print(f"  round {r + 1}/{args.repeat} done", file=sys.stderr)
+        if ctx["py_file_bytes"] != ctx["file_bytes"]:
+            print(f"note: Python wrote {ctx['py_file_bytes']} data bytes (its structure map "
+                  f"and encoded values included), the C++ bench {ctx['file_bytes']}; every "
+                  "ringckpt rate counts the C++ bench's bytes")
     finally:
-        if owned:
-            shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+    rows, gates, ratios = summarize(ctx, args.repeat)
+    print()
+    print(markdown_table(["what", "median s", "GB/s", "ratio", "ratio is"], rows))
+    print()
+    print("GB/s: ringckpt rows count its data files' bytes (as ringckpt bench does), torch and "
+          "DCP rows the tensors' bytes; ratios are medians of per-round ratios.")
+    for g in gates:
+        print(gate_line(g))
+    print(f"reported: torch.save+fsync takes {ratios['torch.save / py sync (time)']:.2f}x, DCP "
+          f"save {ratios['dcp save / py sync (time)']:.2f}x the Python sync save's time; "
+          f"torch.load {ratios['torch.load / py in place (time)']:.2f}x, DCP load "
+          f"{ratios['dcp load / py in place (time)']:.2f}x the in-place load's")
+    correct = all(v is None for v in found.values())
+    for what, diff in found.items():
+        verdict = "ok" if what == "ringckpt.verify" else "equal to the source, bit for bit"
+        print(f"correct: {what}: {verdict if diff is None else 'FAILED: ' + diff}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "args": vars(args), "page_cache": cache.method,
+                       "dcp_patched_fields": patched, "state_bytes": state_bytes,
+                       "file_bytes": ctx["file_bytes"], "samples": ctx["samples"],
+                       "ratios": ratios, "gates": gates,
+                       "correct": {k: v is None for k, v in found.items()}}, f, indent=1)
+    return 0 if correct and all(g["pass"] for g in gates) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
