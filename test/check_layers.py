@@ -17,7 +17,7 @@ RANK = {"format": 0, "plan": 1, "io": 2, "save": 3, "load": 3, "drivers": 4, "to
 PUBLIC = {
     "error": "format", "dtype": "format", "tensor": "format", "metadata": "format",
     "plan": "format", "io_options": "format",
-    "planner": "plan", "default_planner": "plan", "coordinator": "plan", "mpi": "plan",
+    "planner": "plan", "default_planner": "plan", "example_planners": "plan", "coordinator": "plan", "mpi": "plan",
     "storage": "plan",
     "filesystem_writer": "save", "filesystem_reader": "load", "verify": "load",
     "filesystem": "drivers",

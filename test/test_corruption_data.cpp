@@ -252,7 +252,8 @@ BOOST_AUTO_TEST_CASE(dtype_mismatch_names_the_key) {
   std::fill(wrong.storage.begin(), wrong.storage.end(), std::byte{0});
   StateDict sd;
   sd.add("enc.weight", wrong.view);
-  BOOST_CHECK_EXCEPTION(load(sd, c.pristine, load_options()), Error, [](const Error& e) {
+  DefaultLoadPlanner strict(DefaultLoadPlanner::Options{.strict_dtype = true});  // else a cast
+  BOOST_CHECK_EXCEPTION(load(sd, c.pristine, load_options(&strict)), Error, [](const Error& e) {
     BOOST_TEST_MESSAGE(e.what());
     return e.code() == ErrorCode::kMismatch && e.where() == "enc.weight" &&
            contains(e.what(), "F32") && contains(e.what(), "BF16");

@@ -2,14 +2,13 @@
 #include <boost/test/unit_test.hpp>
 
 // The example planners of DCP's docstrings (torch/distributed/checkpoint/
-// planner.py), written against ringckpt's planner API, each proven through a
-// real save and load on disk:
-//   RenamePlanner (save and load)  rewrite the state dict in set_up_planner
-//   FP16Planner -> BF16Planner     change the local plan and resolve_data together
-//   DDPLoadBalancingPlanner        a central decision in create_global_plan
-//   SaveExtraDataPlanner           planner data carried into the metadata
-//   DynamicLoadPlanner             a load planner that allocates what it loads
-//                                  (DCP's MetaModelMaterialize / dynamic loading)
+// planner.py), as ringckpt's library classes (ringckpt/example_planners.hpp),
+// each proven through a real save and load on disk:
+//   RenameSavePlanner / RenameLoadPlanner  rewrite the state dict in set_up_planner
+//   FP16Planner (F16 or BF16)              change the local plan and resolve_data together
+//   LoadBalancingPlanner                   a central decision in create_global_plan
+//   SaveExtraDataPlanner                   planner data carried into the metadata
+//   MetaModelMaterialize                   a load planner that allocates what it loads
 
 #include <algorithm>
 #include <bit>
@@ -27,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "format/dtype_cast.hpp"
 #include "format/metadata_json.hpp"
 #include "ringckpt/ringckpt.hpp"
 #include "format/safetensors.hpp"
@@ -65,55 +65,7 @@ ShardedTensor two_shards(OwnedTensor& full, std::int64_t split) {
 }  // namespace
 
 // ===========================================================================
-// 1. RenamePlanner. DCP:
-//      super().set_up_planner({"foo_" + k: v for k, v in state_dict.items()}, ...)
-// on save, and on load a planner that loads the "foo_" keys into the caller's
-// un-prefixed state dict. A StateDict holds views (TensorView, shards) and
-// values (Bytes), so the renamed dict is one the planner owns: tensors alias
-// the caller's memory, and blobs are handed back to the caller's dict in
-// load_bytes (DCP's `self.original_state_dict[fqn[4:]] = torch.load(value)`).
-
-class RenameSavePlanner : public DefaultSavePlanner {
- public:
-  explicit RenameSavePlanner(std::string prefix = "foo_") : prefix_(std::move(prefix)) {}
-
-  void set_up_planner(const StateDict& state_dict, bool is_coordinator) override {
-    renamed_ = StateDict{};
-    for (const auto& entry : state_dict) renamed_.add(prefix_ + entry.fqn, entry.value);
-    DefaultSavePlanner::set_up_planner(renamed_, is_coordinator);
-  }
-
- private:
-  std::string prefix_;
-  StateDict renamed_;  // resolve_data reads it until the save is staged
-};
-
-class RenameLoadPlanner : public DefaultLoadPlanner {
- public:
-  explicit RenameLoadPlanner(std::string prefix = "foo_") : prefix_(std::move(prefix)) {}
-
-  void set_up_planner(StateDict& state_dict, const Metadata& metadata,
-                      bool is_coordinator) override {
-    original_ = &state_dict;
-    renamed_ = StateDict{};
-    for (const auto& entry : state_dict) renamed_.add(prefix_ + entry.fqn, entry.value);
-    DefaultLoadPlanner::set_up_planner(renamed_, metadata, is_coordinator);
-  }
-
-  // Remove the prefix: a blob is a value, so it goes to the caller's dict.
-  void load_bytes(const ReadItem& item, std::span<const std::byte> value) override {
-    const std::string& fqn = item.dest_index.fqn;
-    StateValue* v = fqn.starts_with(prefix_) ? original_->find(fqn.substr(prefix_.size())) : nullptr;
-    Bytes* b = v ? std::get_if<Bytes>(v) : nullptr;
-    if (b == nullptr) throw Error(ErrorCode::kNotFound, fqn, "no blob of that name to load into");
-    b->assign(value.begin(), value.end());
-  }
-
- private:
-  std::string prefix_;
-  StateDict* original_ = nullptr;
-  StateDict renamed_;  // tensors: views of the caller's buffers under "foo_" names
-};
+// 1. RenamePlanner.
 
 BOOST_AUTO_TEST_CASE(rename_planner_prefixes_every_key_and_loads_back) {
   TempDir dir;
@@ -123,7 +75,7 @@ BOOST_AUTO_TEST_CASE(rename_planner_prefixes_every_key_and_loads_back) {
   sd.add("emb", emb.view);
   sd.add("s", two_shards(s, 4));
   sd.add("step", bytes_of(std::int64_t{1234}));
-  RenameSavePlanner rename_save;
+  RenameSavePlanner rename_save("foo_");
   save(sd, dir.path(), save_options(&rename_save));
 
   // On disk every name carries the prefix: metadata.json and safetensors.
@@ -157,7 +109,7 @@ BOOST_AUTO_TEST_CASE(rename_planner_prefixes_every_key_and_loads_back) {
   into.add("emb", emb2.view);
   into.add("s", two_shards(s2, 4));
   into.add("step", Bytes{});
-  RenameLoadPlanner rename_load;
+  RenameLoadPlanner rename_load("foo_");
   load(into, dir.path(), load_options(&rename_load));
   BOOST_TEST((w2.storage == w.storage));
   BOOST_TEST((emb2.storage == emb.storage));
@@ -176,71 +128,11 @@ BOOST_AUTO_TEST_CASE(rename_planner_prefixes_every_key_and_loads_back) {
 // extent boundaries, which fall at any byte of an item (an odd-sized blob
 // before it makes them odd), so a piece may begin or end inside an element.
 
-// F32 -> BF16, round to nearest, ties to even; NaN stays NaN (quietened).
-std::uint16_t bf16_rne(float f) {
-  std::uint32_t u = std::bit_cast<std::uint32_t>(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x0040u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<std::uint16_t>(u >> 16);
-}
-
-// Bytes [offset, offset + out.size()) of the little-endian BF16 image of the
-// F32 elements in src.
+// Bytes [offset, offset + out.size()) of the BF16 image of the F32 elements in src.
 void f32_to_bf16_bytes(std::span<const std::byte> src, std::uint64_t offset,
                        std::span<std::byte> out) {
-  static_assert(std::endian::native == std::endian::little, "safetensors is little-endian");
-  std::uint64_t pos = offset;
-  std::size_t k = 0;
-  while (k < out.size()) {
-    float f;
-    std::memcpy(&f, src.data() + (pos / 2) * 4, 4);
-    const std::uint16_t h = bf16_rne(f);
-    const std::byte lo{static_cast<unsigned char>(h & 0xff)}, hi{static_cast<unsigned char>(h >> 8)};
-    if (pos % 2 == 1) {  // the high byte of an element begun in the previous piece
-      out[k++] = hi;
-      pos += 1;
-    } else if (out.size() - k == 1) {  // the low byte of an element that ends in the next piece
-      out[k++] = lo;
-      pos += 1;
-    } else {
-      out[k++] = lo;
-      out[k++] = hi;
-      pos += 2;
-    }
-  }
+  detail::cast_byte_range(DType::F32, src, DType::BF16, offset, out);
 }
-
-class BF16SavePlanner : public DefaultSavePlanner {
- public:
-  SavePlan create_local_plan() override {
-    SavePlan plan = DefaultSavePlanner::create_local_plan();
-    for (auto& item : plan.items) {
-      if (item.tensor_data && item.tensor_data->properties.dtype == DType::F32) {
-        item.tensor_data->properties.dtype = DType::BF16;
-      }
-    }
-    return plan;
-  }
-
-  ItemData resolve_data(const WriteItem& item) override {
-    if (!item.tensor_data || item.tensor_data->properties.dtype != DType::BF16 ||
-        source_dtype(item.index.fqn) != DType::F32) {
-      return DefaultSavePlanner::resolve_data(item);
-    }
-    const std::span<const std::byte> f32 = lookup_bytes(item.index);
-    return ItemData::produced(f32.size() / 2, [f32](std::uint64_t offset, std::span<std::byte> out) {
-      f32_to_bf16_bytes(f32, offset, out);
-    });
-  }
-
- private:
-  DType source_dtype(const std::string& fqn) const {
-    const StateValue* v = state_dict_->find(fqn);
-    if (const auto* t = std::get_if<TensorView>(v)) return t->dtype;
-    if (const auto* st = std::get_if<ShardedTensor>(v)) return st->dtype;
-    return DType::U8;
-  }
-};
 
 // The expected BF16 of f, worked out another way: the two BF16 values that
 // bracket f (truncation and the next one away from zero) compared by distance
@@ -358,7 +250,7 @@ BOOST_AUTO_TEST_CASE(bf16_planner_converts_f32_while_staging) {
   sd.add("sharded", two_shards(sharded_owned, 2));
 
   save(sd, dir / "f32", save_options());
-  BF16SavePlanner bf16;
+  FP16Planner bf16(DType::BF16);
   save(sd, dir / "bf16", save_options(&bf16));
 
   // The checkpoint says BF16, in metadata.json and in the safetensors header.
@@ -409,12 +301,80 @@ BOOST_AUTO_TEST_CASE(bf16_planner_converts_f32_while_staging) {
   BOOST_TEST((ids_back.storage == ids.storage));
   BOOST_TEST((std::get<Bytes>(*into.find("tag")) == tag));
 
-  // Asking for F32 now is a dtype mismatch naming the key.
-  std::vector<float> w32(w.size());
+  // Loaded into F32 buffers, the default load planner casts back: every
+  // element is the F32 value of its BF16.
+  std::vector<float> w32(w.size(), -1.0f);
   StateDict as_f32;
   as_f32.add("w", TensorView{w32.data(), DType::F32, {300, 257}});
-  BOOST_CHECK_EXCEPTION(load(as_f32, dir / "bf16", load_options()), Error, [](const Error& e) {
-    return e.code() == ErrorCode::kMismatch && e.where() == "w";
+  load(as_f32, dir / "bf16", load_options());
+  std::size_t wrong = 0;
+  for (std::size_t i = 0; i < w.size(); ++i) {
+    std::uint16_t h;
+    std::memcpy(&h, w16.data() + 2 * i, 2);
+    const float expected = std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16);
+    const bool same = std::isnan(expected) ? std::isnan(w32[i]) : w32[i] == expected;
+    wrong += !same;
+  }
+  BOOST_TEST(wrong == 0u);
+  // strict_dtype refuses the cast, naming the key.
+  DefaultLoadPlanner strict(DefaultLoadPlanner::Options{.strict_dtype = true});
+  BOOST_CHECK_EXCEPTION(load(as_f32, dir / "bf16", load_options(&strict)), Error,
+                        [](const Error& e) {
+                          return e.code() == ErrorCode::kMismatch && e.where() == "w";
+                        });
+}
+
+BOOST_AUTO_TEST_CASE(fp16_planner_stores_f16_and_loads_back_into_f32) {
+  TempDir dir;
+  const Bytes tag = bytes_of(std::string_view("odd"));  // later items start at odd offsets
+  std::vector<float> w = tricky_floats(200 * 301, 7);
+  OwnedTensor ids(DType::I64, {33}, 8);
+  StateDict sd;
+  sd.add("tag", tag);
+  sd.add("w", TensorView{w.data(), DType::F32, {200, 301}});
+  sd.add("ids", ids.view);
+  FP16Planner fp16;  // F16 by default, as DCP's example
+  save(sd, dir.path(), save_options(&fp16));
+  const Metadata md = read_metadata(dir.path());
+  BOOST_TEST(dtype_name(std::get<TensorStorageMetadata>(md.state_dict_metadata.at("w"))
+                            .properties.dtype) == "F16");
+  BOOST_TEST(dtype_name(std::get<TensorStorageMetadata>(md.state_dict_metadata.at("ids"))
+                            .properties.dtype) == "I64");
+  BOOST_TEST(verify(dir.path(), small_io()).ok());
+
+  // Into F16 buffers: the bytes are the compiler's F32 -> F16 rounding.
+  std::vector<_Float16> w16(w.size());
+  OwnedTensor ids_back = ids.blank_like();
+  StateDict into16;
+  into16.add("w", TensorView{w16.data(), DType::F16, {200, 301}});
+  into16.add("ids", ids_back.view);
+  DefaultLoadPlanner partial(DefaultLoadPlanner::Options{.allow_partial_load = true});
+  load(into16, dir.path(), load_options(&partial));
+  // Into F32 buffers: cast back, each value the F16's.
+  std::vector<float> w32(w.size());
+  StateDict into32;
+  into32.add("w", TensorView{w32.data(), DType::F32, {200, 301}});
+  into32.add("tag", Bytes{});
+  load(into32, dir.path(), load_options());
+  std::size_t wrong16 = 0, wrong32 = 0;
+  for (std::size_t i = 0; i < w.size(); ++i) {
+    const _Float16 expected = static_cast<_Float16>(w[i]);
+    if (std::isnan(w[i])) {
+      wrong16 += !std::isnan(static_cast<float>(w16[i]));
+      wrong32 += !std::isnan(w32[i]);
+      continue;
+    }
+    wrong16 += std::bit_cast<std::uint16_t>(w16[i]) != std::bit_cast<std::uint16_t>(expected);
+    wrong32 += std::bit_cast<std::uint32_t>(w32[i]) !=
+               std::bit_cast<std::uint32_t>(static_cast<float>(expected));
+  }
+  BOOST_TEST(wrong16 == 0u);
+  BOOST_TEST(wrong32 == 0u);
+  BOOST_TEST((ids_back.storage == ids.storage));
+  BOOST_TEST((std::get<Bytes>(*into32.find("tag")) == tag));
+  // Only F16 and BF16 are half types to store.
+  BOOST_CHECK_EXCEPTION(FP16Planner(DType::I8), Error, [](const Error& e) {
+    return e.code() == ErrorCode::kInvalidArgument && e.where() == "FP16Planner";
   });
 }
 
@@ -426,54 +386,6 @@ BOOST_AUTO_TEST_CASE(bf16_planner_converts_f32_while_staging) {
 // bytes so far (LPT), so the ranks end within one largest item of each other.
 // The remaining plans then go through the default global plan (which finds
 // nothing left to deduplicate), so metadata and validation are the default's.
-
-class LoadBalancingPlanner : public DefaultSavePlanner {
- public:
-  std::pair<std::vector<SavePlan>, Metadata> create_global_plan(
-      std::vector<SavePlan> all_plans) override {
-    struct Item {
-      MetadataIndex index;
-      std::uint64_t bytes;
-      std::vector<std::size_t> holders;  // ascending
-    };
-    std::vector<Item> items;
-    std::map<MetadataIndex, std::size_t> seen;
-    for (std::size_t r = 0; r < all_plans.size(); ++r) {
-      for (const auto& item : all_plans[r].items) {
-        auto [it, inserted] = seen.try_emplace(item.index, items.size());
-        if (inserted) items.push_back({item.index, item.nbytes(), {}});
-        auto& holders = items[it->second].holders;
-        if (holders.empty() || holders.back() != r) holders.push_back(r);
-      }
-    }
-    std::vector<std::size_t> order(items.size());
-    std::iota(order.begin(), order.end(), std::size_t{0});
-    std::stable_sort(order.begin(), order.end(),
-                     [&](std::size_t a, std::size_t b) { return items[a].bytes > items[b].bytes; });
-    std::vector<std::uint64_t> planned(all_plans.size(), 0);
-    std::map<MetadataIndex, std::size_t> owner;
-    for (std::size_t i : order) {
-      std::size_t best = items[i].holders.front();
-      for (std::size_t r : items[i].holders) {
-        if (planned[r] < planned[best]) best = r;  // ties keep the lower rank
-      }
-      planned[best] += items[i].bytes;
-      owner[items[i].index] = best;
-    }
-    for (std::size_t r = 0; r < all_plans.size(); ++r) {
-      std::vector<WriteItem> kept;
-      for (auto& item : all_plans[r].items) {
-        auto it = owner.find(item.index);
-        if (it != owner.end() && it->second == r) {
-          kept.push_back(std::move(item));
-          owner.erase(it);  // a rank's own duplicate is not kept twice
-        }
-      }
-      all_plans[r].items = std::move(kept);
-    }
-    return DefaultSavePlanner::create_global_plan(std::move(all_plans));
-  }
-};
 
 // A replicated model: tensors of very different sizes, and blobs.
 struct Model {
@@ -598,37 +510,9 @@ BOOST_AUTO_TEST_CASE(load_balancing_two_rank_save_and_load) {
 
 // ===========================================================================
 // 4. SaveExtraDataPlanner. Each rank contributes its planner data in the local
-// plan; the global plan merges them into the metadata's planner data. DCP's
-// planner_data is any picklable object; here it is a string -> string map, so
-// the merged per-rank list is one entry ("extra"), beside custom entries.
-// set_up_planner is not told the rank, so the planner is built with it.
-
-class SaveExtraDataPlanner : public DefaultSavePlanner {
- public:
-  explicit SaveExtraDataPlanner(int rank) : rank_(rank) {}
-
-  SavePlan create_local_plan() override {
-    SavePlan plan = DefaultSavePlanner::create_local_plan();
-    plan.planner_data["per_rank"] = "per-rank-data-" + std::to_string(rank_);
-    return plan;
-  }
-
-  std::pair<std::vector<SavePlan>, Metadata> create_global_plan(
-      std::vector<SavePlan> all_plans) override {
-    auto [global_plan, metadata] = DefaultSavePlanner::create_global_plan(std::move(all_plans));
-    std::string merged;
-    for (const auto& p : global_plan) {
-      if (!merged.empty()) merged += ";";
-      merged += p.planner_data.at("per_rank");
-    }
-    metadata.planner_data = {{"extra", merged}, {"custom.format_version", "3"},
-                             {"custom.note", "quotes \" and \\ and\nnewlines survive"}};
-    return {std::move(global_plan), std::move(metadata)};
-  }
-
- private:
-  int rank_;
-};
+// plan; the global plan merges them into the metadata's planner data, as
+// "<rank>/<key>" (DCP's planner_data is any picklable object; here a
+// string -> string map).
 
 BOOST_AUTO_TEST_CASE(save_extra_data_planner_stores_planner_data_in_metadata) {
   TempDir dir;
@@ -639,13 +523,18 @@ BOOST_AUTO_TEST_CASE(save_extra_data_planner_stores_planner_data_in_metadata) {
   ThreadGroup group(2);
   std::vector<std::thread> ranks;
   std::vector<std::string> errors(2);
+  const auto data_of = [](int r) {
+    return std::map<std::string, std::string>{
+        {"per_rank", "per-rank-data-" + std::to_string(r)},
+        {"note", "quotes \" and \\ and\nnewlines survive"}};
+  };
   for (int r = 0; r < 2; ++r) {
     ranks.emplace_back([&, r] {
       try {
         StateDict sd;
         sd.add("w", w.view);  // replicated
         sd.add("rank" + std::to_string(r) + ".own", own[r].view);
-        SaveExtraDataPlanner planner(r);
+        SaveExtraDataPlanner planner(r, data_of(r));
         save(sd, dir.path(), save_options(&planner, &group.member(r)));
       } catch (const std::exception& e) {
         errors[r] = e.what();
@@ -657,12 +546,12 @@ BOOST_AUTO_TEST_CASE(save_extra_data_planner_stores_planner_data_in_metadata) {
   BOOST_TEST_REQUIRE(errors[1] == "");
 
   const Metadata md = read_metadata(dir.path());
-  const std::map<std::string, std::string> expected = {
-      {"extra", "per-rank-data-0;per-rank-data-1"},
-      {"custom.format_version", "3"},
-      {"custom.note", "quotes \" and \\ and\nnewlines survive"}};
-  BOOST_TEST((md.planner_data == expected));
-  for (const auto& [k, v] : md.planner_data) BOOST_TEST_MESSAGE(k << " = " << v);
+  BOOST_TEST(md.planner_data.size() == 4u);
+  BOOST_TEST(md.planner_data.at("0/per_rank") == "per-rank-data-0");
+  BOOST_TEST(md.planner_data.at("1/per_rank") == "per-rank-data-1");
+  BOOST_TEST((SaveExtraDataPlanner::rank_data(md, 0) == data_of(0)));
+  BOOST_TEST((SaveExtraDataPlanner::rank_data(md, 1) == data_of(1)));
+  BOOST_TEST(SaveExtraDataPlanner::rank_data(md, 2).empty());
   BOOST_TEST(verify(dir.path(), small_io()).ok());
 
   // The data is all there too.
@@ -678,38 +567,23 @@ BOOST_AUTO_TEST_CASE(save_extra_data_planner_stores_planner_data_in_metadata) {
 }
 
 // ===========================================================================
-// 5. DynamicLoadPlanner. The caller gives an empty state dict; the planner
-// reads the metadata in set_up_planner, allocates a buffer (its own) for
-// every tensor and an empty blob for every bytes item, adds them to the
-// state dict, and the default plan loads into them (DCP's
-// MetaModelMaterialize allocates in resolve_tensor and swaps in commit_tensor;
-// here a TensorView cannot be re-pointed after planning, so the buffers are
-// made up front). The planner must outlive the caller's use of the views.
+// 5. MetaModelMaterialize. The caller gives an empty state dict (or entries
+// with null data); every destination is allocated in resolve_tensor through
+// the caller's allocator.
 
-class DynamicLoadPlanner : public DefaultLoadPlanner {
- public:
-  void set_up_planner(StateDict& state_dict, const Metadata& metadata,
-                      bool is_coordinator) override {
-    for (const auto& [fqn, item] : metadata.state_dict_metadata) {
-      if (state_dict.contains(fqn)) continue;  // what the caller brought, it keeps
-      if (const auto* t = std::get_if<TensorStorageMetadata>(&item)) {
-        auto& buffer = buffers_.emplace_back(static_cast<std::size_t>(numel(t->size)) *
-                                             dtype_size(t->properties.dtype));
-        state_dict.add(fqn, TensorView{buffer.data(), t->properties.dtype, t->size});
-      } else {
-        state_dict.add(fqn, Bytes{});
-      }
-    }
-    DefaultLoadPlanner::set_up_planner(state_dict, metadata, is_coordinator);
+// An allocator that owns what it hands out and records each call.
+struct Arena {
+  std::list<std::vector<std::byte>> buffers;  // stable addresses
+  std::vector<std::string> calls;
+  MetaModelMaterialize::Allocator allocator() {
+    return [this](const std::string& fqn, DType dtype, const Shape& shape) -> void* {
+      calls.push_back(fqn);
+      return buffers.emplace_back(static_cast<std::size_t>(numel(shape)) * dtype_size(dtype)).data();
+    };
   }
-
-  std::size_t buffers() const { return buffers_.size(); }
-
- private:
-  std::list<std::vector<std::byte>> buffers_;  // stable addresses
 };
 
-BOOST_AUTO_TEST_CASE(dynamic_load_planner_materializes_every_item) {
+BOOST_AUTO_TEST_CASE(meta_model_materialize_allocates_every_item) {
   TempDir dir;
   OwnedTensor w(DType::F32, {40, 50}, 1), b(DType::BF16, {50}, 2), s(DType::F32, {10, 6}, 3),
       scalar(DType::I64, {}, 4), empty(DType::F32, {0, 3}, 5), mask(DType::BOOL, {7, 3}, 6);
@@ -723,11 +597,19 @@ BOOST_AUTO_TEST_CASE(dynamic_load_planner_materializes_every_item) {
   sd.add("config", bytes_of(std::string_view("{\"layers\": 2}")));
   save(sd, dir.path(), save_options());
 
-  DynamicLoadPlanner planner;
+  Arena arena;
+  MetaModelMaterialize planner(arena.allocator());
   StateDict loaded;  // empty: the planner decides what it holds
   load(loaded, dir.path(), load_options(&planner));
   BOOST_TEST(loaded.size() == sd.size());
-  BOOST_TEST(planner.buffers() == 6u);
+  // One allocation a destination (model.sharded's two chunks share one); the
+  // empty tensor needs none.
+  BOOST_TEST(planner.allocations() == 5u);
+  std::vector<std::string> calls = arena.calls;
+  std::sort(calls.begin(), calls.end());
+  const std::vector<std::string> expected_calls = {"mask", "model.b", "model.sharded",
+                                                   "model.w", "step"};
+  BOOST_TEST(calls == expected_calls, boost::test_tools::per_element());
 
   const std::map<std::string, const OwnedTensor*> originals = {
       {"model.w", &w}, {"model.b", &b}, {"model.sharded", &s},
@@ -749,14 +631,35 @@ BOOST_AUTO_TEST_CASE(dynamic_load_planner_materializes_every_item) {
   BOOST_TEST_REQUIRE(config != nullptr);
   BOOST_TEST((*config == bytes_of(std::string_view("{\"layers\": 2}"))));
 
-  // Entries the caller brings are loaded into the caller's buffers; only the
-  // rest are materialized.
+  // Entries the caller brings with memory are loaded into it; a meta shard
+  // (null data) is allocated; the rest is materialized.
   OwnedTensor mine = w.blank_like();
-  DynamicLoadPlanner planner2;
+  ShardedTensor meta_shards = two_shards(s, 5);
+  for (auto& shard : meta_shards.shards) shard.local.data = nullptr;
+  Arena arena2;
+  MetaModelMaterialize planner2(arena2.allocator());
   StateDict partial;
   partial.add("model.w", mine.view);
+  partial.add("model.sharded", meta_shards);
   load(partial, dir.path(), load_options(&planner2));
   BOOST_TEST((mine.storage == w.storage));
-  BOOST_TEST(planner2.buffers() == 5u);
+  BOOST_TEST(planner2.allocations() == 5u);  // two shards, b, step, mask
   BOOST_TEST(partial.size() == sd.size());
+  const auto& shards = std::get<ShardedTensor>(*partial.find("model.sharded")).shards;
+  BOOST_TEST_REQUIRE(shards.size() == 2u);
+  const std::size_t first_bytes = shards[0].local.nbytes();
+  BOOST_TEST(std::memcmp(shards[0].local.data, s.storage.data(), first_bytes) == 0);
+  BOOST_TEST(std::memcmp(shards[1].local.data, s.storage.data() + first_bytes,
+                         shards[1].local.nbytes()) == 0);
+
+  // An allocator that gives nothing is an Error naming the key.
+  MetaModelMaterialize refusing([](const std::string&, DType, const Shape&) -> void* {
+    return nullptr;
+  });
+  StateDict none;
+  BOOST_CHECK_EXCEPTION(load(none, dir.path(), load_options(&refusing)), Error,
+                        [](const Error& e) {
+                          return e.code() == ErrorCode::kInvalidArgument &&
+                                 !e.where().empty();
+                        });
 }

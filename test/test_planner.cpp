@@ -535,10 +535,14 @@ BOOST_AUTO_TEST_CASE(strict_load_names_what_differs) {
 
   StateDict dtype;
   dtype.add("w", TensorView{h.data(), DType::BF16, {2, 3}});
+  DefaultLoadPlanner strict(DefaultLoadPlanner::Options{.strict_dtype = true});
+  strict.set_up_planner(dtype, md, true);
   BOOST_CHECK_EXCEPTION(
-      plan_for(dtype, true), Error,
+      strict.create_local_plan(), Error,
       error_is(ErrorCode::kMismatch, "w",
-               "checkpoint holds shape [2, 3] F32, the state dict asks for [2, 3] BF16"));
+               "checkpoint holds shape [2, 3] F32, the state dict asks for [2, 3] BF16 "
+               "(strict_dtype: no cast)"));
+  BOOST_CHECK_NO_THROW(plan_for(dtype, true));  // without strict_dtype: cast on load
 
   StateDict sharded_shape;
   sharded_shape.add("w", ShardedTensor{DType::F32, {2, 4}, {Shard{view_of(f, {2, 3}), {0, 0}}}});

@@ -13,8 +13,8 @@
 namespace ringckpt {
 
 // Runs the save protocol on every rank of `coordinator` (each rank calls it):
-// plan, write, and on rank 0 commit. Returns the committed metadata on rank 0
-// (an empty Metadata on other ranks). A failure on any rank fails every rank,
+// plan, write, and on rank 0 commit. Returns the committed metadata on every
+// rank (rank 0 broadcasts it with the outcome). A failure on any rank fails every rank,
 // and no checkpoint becomes visible. planner and coordinator may be null
 // (DefaultSavePlanner, SingleProcess).
 Metadata save(const StateDict& state_dict, StorageWriter& writer,

@@ -1,6 +1,8 @@
 // ringckpt/default_planner.hpp — the planners used when the caller gives none.
 #pragma once
 
+#include <functional>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -18,12 +20,14 @@ void validate_global_plan(const std::vector<SavePlan>& plans, const Metadata& me
 // Saves every entry of the state dict in insertion order: a TensorView as one
 // TENSOR item, each Shard of a ShardedTensor as a SHARD item, Bytes as BYTE_IO.
 // The global plan removes items that several ranks hold identically
-// (replicated tensors), keeping each on the rank with the fewest bytes so far,
-// builds the Metadata and validates it.
+// (replicated tensors), keeping each on the rank with the fewest bytes so far
+// (dedup_save_to_lowest_rank: on the lowest rank that holds it, as DCP's
+// option of that name), builds the Metadata and validates it.
 class DefaultSavePlanner : public SavePlanner {
  public:
   struct Options {
     bool dedup_replicated = true;
+    bool dedup_save_to_lowest_rank = false;  // only with dedup_replicated
   };
   DefaultSavePlanner() = default;
   explicit DefaultSavePlanner(Options options) : options_(options) {}
@@ -47,13 +51,20 @@ class DefaultSavePlanner : public SavePlanner {
 };
 
 // Loads every entry of the state dict from the checkpoint into the caller's
-// buffers, resharding by chunk intersection. Strict: a key missing from the
-// checkpoint, or a shape, dtype or kind (tensor/bytes) that differs, is an
-// Error naming the key. allow_partial_load lets missing keys pass.
+// buffers, resharding by chunk intersection. A key missing from the
+// checkpoint, or a shape or kind (tensor/bytes) that differs, is an Error
+// naming the key; allow_partial_load lets missing keys pass. A floating dtype
+// (F64, F32, F16, BF16) that differs from the stored one is cast on load, as
+// DCP's copy_ does (round to nearest even): each such destination is read
+// into a buffer of the stored dtype, converted in commit_tensor, and the
+// buffer freed once its last item is committed. strict_dtype refuses any
+// dtype difference instead (Error(kMismatch) naming the key), as does every
+// difference involving a non-floating dtype.
 class DefaultLoadPlanner : public LoadPlanner {
  public:
   struct Options {
     bool allow_partial_load = false;
+    bool strict_dtype = false;
   };
   DefaultLoadPlanner() = default;
   explicit DefaultLoadPlanner(Options options) : options_(options) {}
@@ -68,10 +79,27 @@ class DefaultLoadPlanner : public LoadPlanner {
   void commit_tensor(const ReadItem& item, const TensorView& tensor) override;
 
  protected:
+  // The caller's destination (a tensor or one local shard) that item names.
+  // Throws Error(kNotFound / kMismatch) naming the key if there is none.
+  TensorView destination(const ReadItem& item) const;
+
   StateDict* state_dict_ = nullptr;
+  // Valid until create_local_plan returns: the load driver may free it then.
   const Metadata* metadata_ = nullptr;
   bool is_coordinator_ = false;
   Options options_;
+
+ private:
+  // A destination being cast: read into `stored` (the checkpoint's dtype),
+  // converted box by box in commit_tensor.
+  struct CastBuffer {
+    std::vector<std::byte> stored;
+    std::size_t uncommitted = 0;  // items resolved and not yet committed
+  };
+  // The stored dtype of each entry that create_local_plan found to need a
+  // cast (the metadata may be freed once the local plan is made).
+  std::map<std::string, DType, std::less<>> cast_from_;
+  std::map<MetadataIndex, CastBuffer> casts_;  // by dest_index
 };
 
 // The read items that copy the stored chunks of `stored` that intersect the

@@ -4,7 +4,7 @@
 //        -> create_global_plan (coordinator, over all local plans)
 //        -> finish_plan (every rank) -> resolve_data (staging, per item).
 // Load:  set_up_planner -> create_local_plan -> create_global_plan
-//        -> finish_plan -> load_bytes / resolve_tensor + commit_tensor.
+//        -> finish_plan -> resolve_bytes or load_bytes / resolve_tensor + commit_tensor.
 #pragma once
 
 #include <span>
@@ -44,6 +44,14 @@ class LoadPlanner {
   virtual LoadPlan finish_plan(LoadPlan central_plan) = 0;
   // A BYTE_IO item's verified bytes.
   virtual void load_bytes(const ReadItem& item, std::span<const std::byte> value) = 0;
+  // DCP's resolve_bytes: the Bytes that a BYTE_IO item's verified bytes are
+  // to replace (moved in, not copied; load_bytes is then not called), or null
+  // to receive them through load_bytes (the default). The Bytes must stay
+  // valid until read_data returns.
+  virtual Bytes* resolve_bytes(const ReadItem& item) {
+    (void)item;
+    return nullptr;
+  }
   // The whole destination (a tensor, or one local shard) that the box
   // item.dest_offsets/item.lengths of item is copied into.
   virtual TensorView resolve_tensor(const ReadItem& item) = 0;

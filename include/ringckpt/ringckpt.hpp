@@ -7,6 +7,7 @@
 #include "ringckpt/default_planner.hpp"
 #include "ringckpt/dtype.hpp"
 #include "ringckpt/error.hpp"
+#include "ringckpt/example_planners.hpp"
 #include "ringckpt/filesystem.hpp"
 #include "ringckpt/io_options.hpp"
 #include "ringckpt/metadata.hpp"

@@ -65,10 +65,11 @@ std::string payload(std::string status, const std::string& source) {
 }
 
 // The end of the protocol on every rank: throws the failure that rank 0
-// broadcast, if any.
-void conclude(const std::string& outcome) {
-  const wire::RankStatus s = wire::decode_status(outcome, "outcome from rank 0");
+// broadcast, if any; else returns the payload it broadcast.
+std::string conclude(const std::string& outcome) {
+  wire::RankStatus s = wire::decode_status(outcome, "outcome from rank 0");
   if (s.failure) throw wire::to_error(*s.failure);
+  return std::move(s.payload);
 }
 
 // Throws unless the global plan step produced one plan per rank: a scatter of
@@ -225,17 +226,19 @@ Metadata save_with(const StateDict& state_dict, StorageWriter& writer, SavePlann
           decode_each(results, "write status", "write results", wire::decode_write_results);
       writer.finish(metadata, all);
       add_results(metadata, all);
-      return std::string();
+      return wire::encode(metadata);  // the committed metadata, for every rank
     });
   }
   outcome = c.broadcast(std::move(outcome));
+  std::string committed;
   try {
-    conclude(outcome);
+    committed = conclude(outcome);
   } catch (...) {
     writer.abort();
     throw;
   }
-  return is_coordinator ? metadata : Metadata{};
+  if (is_coordinator) return metadata;
+  return wire::decode_metadata(committed, from("committed metadata", 0));
 }
 
 void load_with(StateDict& state_dict, StorageReader& reader, LoadPlanner* planner,

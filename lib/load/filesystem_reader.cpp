@@ -6,6 +6,7 @@
 #include <new>
 #include <span>
 #include <string_view>
+#include <utility>
 
 #include "format/metadata_json.hpp"
 #include "io/data_file.hpp"
@@ -203,7 +204,13 @@ void FileSystemReader::read_data(const LoadPlan& plan, LoadPlanner& planner) {
     if (!task.runs.empty()) needed.push_back(std::move(task));
   }
   detail::read_extents(engine, impl_->directory(), needed, nullptr);
-  for (auto& [item, blob] : blob_items) planner.load_bytes(*item, *blob);
+  for (auto& [item, blob] : blob_items) {
+    if (Bytes* dest = planner.resolve_bytes(*item)) {
+      *dest = std::move(*blob);
+    } else {
+      planner.load_bytes(*item, *blob);
+    }
+  }
   for (auto& [item, view] : tensor_items) planner.commit_tensor(*item, view);
 }
 

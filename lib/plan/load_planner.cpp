@@ -8,6 +8,7 @@
 #include <string>
 #include <variant>
 
+#include "format/dtype_cast.hpp"
 #include "format/message_text.hpp"
 #include "format/tensor_geometry.hpp"
 #include "plan/plan_validation.hpp"
@@ -28,13 +29,21 @@ std::string value_kind(const StateValue& v) {
   return std::holds_alternative<Bytes>(v) ? "bytes" : "a tensor";
 }
 
-// Checks that the state dict asks for the shape and dtype the checkpoint holds.
+// Checks that the state dict asks for the shape the checkpoint holds, and a
+// dtype it holds or (unless strict) one a load casts to.
 void check_matches(const std::string& fqn, const TensorStorageMetadata& tm, const Shape& shape,
-                   DType dtype) {
-  if (tm.size != shape || tm.properties.dtype != dtype) {
+                   DType dtype, bool strict_dtype) {
+  const DType stored = tm.properties.dtype;
+  const bool castable = !strict_dtype && detail::is_castable_float(stored) &&
+                        detail::is_castable_float(dtype);
+  if (tm.size != shape || (stored != dtype && !castable)) {
+    const bool only_dtype = tm.size == shape;
     throw Error(ErrorCode::kMismatch, fqn,
-                "checkpoint holds shape " + tensor_str(tm.size, tm.properties.dtype) +
-                    ", the state dict asks for " + tensor_str(shape, dtype));
+                "checkpoint holds shape " + tensor_str(tm.size, stored) +
+                    ", the state dict asks for " + tensor_str(shape, dtype) +
+                    (only_dtype ? (strict_dtype ? " (strict_dtype: no cast)"
+                                                : " (only floating dtypes are cast)")
+                                : ""));
   }
 }
 
@@ -115,6 +124,8 @@ void DefaultLoadPlanner::set_up_planner(StateDict& state_dict, const Metadata& m
   state_dict_ = &state_dict;
   metadata_ = &metadata;
   is_coordinator_ = is_coordinator;
+  cast_from_.clear();
+  casts_.clear();
 }
 
 LoadPlan DefaultLoadPlanner::create_local_plan() {
@@ -141,12 +152,16 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
       continue;
     }
     const auto& tm = std::get<TensorStorageMetadata>(it->second);
+    const DType wanted = std::holds_alternative<TensorView>(entry.value)
+                             ? std::get<TensorView>(entry.value).dtype
+                             : std::get<ShardedTensor>(entry.value).dtype;
+    if (wanted != tm.properties.dtype) cast_from_[fqn] = tm.properties.dtype;  // checked below
     if (const auto* t = std::get_if<TensorView>(&entry.value)) {
-      check_matches(fqn, tm, t->shape, t->dtype);
+      check_matches(fqn, tm, t->shape, t->dtype, options_.strict_dtype);
       append_read_items(plan.items, fqn, tm, nullptr, Shape(t->shape.size(), 0), t->shape);
     } else {
       const auto& st = std::get<ShardedTensor>(entry.value);
-      check_matches(fqn, tm, st.global_shape, st.dtype);
+      check_matches(fqn, tm, st.global_shape, st.dtype, options_.strict_dtype);
       for (const auto& shard : st.shards) {
         check_shard(fqn, st, shard);
         append_read_items(plan.items, fqn, tm, nullptr, shard.offsets, shard.local.shape);
@@ -175,7 +190,7 @@ void DefaultLoadPlanner::load_bytes(const ReadItem& item, std::span<const std::b
   b->assign(value.begin(), value.end());
 }
 
-TensorView DefaultLoadPlanner::resolve_tensor(const ReadItem& item) {
+TensorView DefaultLoadPlanner::destination(const ReadItem& item) const {
   const MetadataIndex& dest = item.dest_index;
   const StateValue* v = state_dict_ ? state_dict_->find(dest.fqn) : nullptr;
   if (v == nullptr) {
@@ -195,7 +210,31 @@ TensorView DefaultLoadPlanner::resolve_tensor(const ReadItem& item) {
   throw Error(ErrorCode::kMismatch, dest.fqn, "a tensor was read for it, the state dict holds bytes");
 }
 
-void DefaultLoadPlanner::commit_tensor(const ReadItem&, const TensorView&) {}
+TensorView DefaultLoadPlanner::resolve_tensor(const ReadItem& item) {
+  TensorView dest = destination(item);
+  const auto from_it = cast_from_.find(item.dest_index.fqn);
+  if (from_it == cast_from_.end() || from_it->second == dest.dtype) return dest;
+  // A cast create_local_plan allowed: read into a buffer of the stored
+  // dtype, shaped as the destination.
+  const DType from = from_it->second;
+  if (options_.strict_dtype || !detail::is_castable_float(from) ||
+      !detail::is_castable_float(dest.dtype)) {
+    return dest;  // the reader names the mismatch
+  }
+  CastBuffer& cast = casts_[item.dest_index];
+  if (cast.stored.empty()) {
+    cast.stored.resize(static_cast<std::size_t>(dest.numel()) * dtype_size(from));
+  }
+  ++cast.uncommitted;
+  return TensorView{cast.stored.data(), from, dest.shape};
+}
+
+void DefaultLoadPlanner::commit_tensor(const ReadItem& item, const TensorView& tensor) {
+  auto it = casts_.find(item.dest_index);
+  if (it == casts_.end()) return;
+  detail::cast_box(tensor, destination(item), item.dest_offsets, item.lengths);
+  if (--it->second.uncommitted == 0) casts_.erase(it);
+}
 
 // ---------------------------------------------------------------------------
 

@@ -129,9 +129,10 @@ void check_consistent(const std::vector<SavePlan>& plans) {
 // the one with the fewest planned bytes so far. Items a single rank holds are
 // counted first (that rank writes them regardless); replicated items are then
 // placed greedily in order of first appearance (rank-major), ties to the
-// lowest rank. Within a rank nothing is removed, so a rank's own duplicates
+// lowest rank; to_lowest_rank keeps every one on the lowest rank that holds
+// it instead. Within a rank nothing is removed, so a rank's own duplicates
 // still reach validation. Returns whether any item was removed.
-bool dedup_replicated(std::vector<SavePlan>& plans) {
+bool dedup_replicated(std::vector<SavePlan>& plans, bool to_lowest_rank) {
   struct Group {
     std::size_t rank;                 // the first rank that holds it
     std::vector<std::size_t> others;  // later ranks, ascending, distinct
@@ -173,8 +174,9 @@ bool dedup_replicated(std::vector<SavePlan>& plans) {
   std::vector<std::size_t> keeper(groups.size());
   for (std::size_t gi = 0; gi < groups.size(); ++gi) {
     const Group& g = groups[gi];
-    std::size_t best = g.rank;
+    std::size_t best = g.rank;  // the lowest holder: ranks are visited in order
     for (std::size_t r : g.others) {
+      if (to_lowest_rank) break;
       if (planned[r] < planned[best]) best = r;  // strict: ties keep the lower rank
     }
     if (!g.others.empty()) planned[best] += g.first->nbytes();
@@ -318,7 +320,9 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
   std::optional<Metadata> built = build_metadata_unique(all_plans);
   if (!built) {
     check_consistent(all_plans);
-    if (options_.dedup_replicated) dedup_replicated(all_plans);
+    if (options_.dedup_replicated) {
+      dedup_replicated(all_plans, options_.dedup_save_to_lowest_rank);
+    }
     built = build_metadata(all_plans, items_by_fqn(all_plans));
   }
   Metadata metadata = std::move(*built);

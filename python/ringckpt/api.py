@@ -24,8 +24,8 @@ def save(state_dict, path, *, overwrite: bool = False, allow_pickle: bool = Fals
 
 
 def load(state_dict, path, *, allow_pickle: bool = False, **io) -> None:
-    """Fills every tensor of `state_dict` in place (same shapes and dtypes as
-    saved) and puts the loaded non-tensor values into its containers, so that
+    """Fills every tensor of `state_dict` in place (same shapes as saved; a
+    floating dtype other than the saved one is cast) and puts the loaded non-tensor values into its containers, so that
     model.load_state_dict(sd["model"]) / opt.load_state_dict(sd["optim"]) work
     after it. Every extent is verified before its bytes are used; a key the
     checkpoint lacks fails the load before anything is read."""
