@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <set>
 #include <string>
@@ -360,4 +361,38 @@ BOOST_AUTO_TEST_CASE(save_returns_the_committed_metadata_on_every_rank) {
       BOOST_TEST((md.planner_data == on_disk.planner_data));
     }
   }
+}
+
+// ---------------------------------------------------------------------------
+// validate_checkpoint_id.
+
+BOOST_AUTO_TEST_CASE(validate_checkpoint_id_says_whether_a_path_is_usable) {
+  TempDir dir;
+  const fs::path ckpt = dir / "ckpt";
+  BOOST_TEST(FileSystemWriter::validate_checkpoint_id(ckpt));             // created by the save
+  BOOST_TEST(FileSystemWriter::validate_checkpoint_id(ckpt / "a" / "b"));  // so are parents
+  BOOST_TEST(!FileSystemReader::validate_checkpoint_id(ckpt));             // nothing there yet
+  BOOST_TEST(!FileSystemWriter::validate_checkpoint_id(""));
+  BOOST_TEST(!FileSystemWriter::validate_checkpoint_id("s3://bucket/ckpt"));
+  BOOST_TEST(!FileSystemReader::validate_checkpoint_id("s3://bucket/ckpt"));
+
+  StateDict sd;
+  sd.add("step", bytes_of(std::int64_t{1}));
+  save(sd, ckpt, save_options());
+  BOOST_TEST(FileSystemReader::validate_checkpoint_id(ckpt));
+  BOOST_TEST(FileSystemWriter::validate_checkpoint_id(ckpt));
+
+  // A regular file is neither a checkpoint nor a place to save one.
+  const fs::path file = dir / "plain";
+  std::ofstream(file) << "x";
+  BOOST_TEST(!FileSystemReader::validate_checkpoint_id(file));
+  BOOST_TEST(!FileSystemWriter::validate_checkpoint_id(file));
+  BOOST_TEST(!FileSystemWriter::validate_checkpoint_id(file / "under"));
+  // A directory without metadata.json is no checkpoint; a linked
+  // metadata.json is not followed.
+  fs::create_directories(dir / "empty");
+  BOOST_TEST(!FileSystemReader::validate_checkpoint_id(dir / "empty"));
+  fs::create_directories(dir / "linked");
+  fs::create_symlink(ckpt / "metadata.json", dir / "linked" / "metadata.json");
+  BOOST_TEST(!FileSystemReader::validate_checkpoint_id(dir / "linked"));
 }

@@ -19,6 +19,11 @@ class FileSystemReader final : public StorageReader {
   explicit FileSystemReader(std::filesystem::path dir, IoOptions io = {});
   ~FileSystemReader() override;
 
+  // DCP's validate_checkpoint_id: whether `checkpoint_id` names a checkpoint
+  // this reader can open (a directory, not a URL, holding a regular
+  // metadata.json, not a link). Reads nothing else; never throws.
+  static bool validate_checkpoint_id(const std::filesystem::path& checkpoint_id) noexcept;
+
   void reset(const std::filesystem::path& checkpoint_id) override;
   Metadata read_metadata() override;
   void set_up_storage_reader(const Metadata& metadata, bool is_coordinator) override;

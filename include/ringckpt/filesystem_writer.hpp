@@ -22,6 +22,11 @@ class FileSystemWriter final : public StorageWriter {
   explicit FileSystemWriter(std::filesystem::path dir, IoOptions io = {}, bool overwrite = false);
   ~FileSystemWriter() override;
 
+  // DCP's validate_checkpoint_id: whether this writer could save to
+  // `checkpoint_id`: not empty, not a URL, not an existing non-directory, and
+  // its nearest existing ancestor (or itself) a writable directory. Never throws.
+  static bool validate_checkpoint_id(const std::filesystem::path& checkpoint_id) noexcept;
+
   void reset(const std::filesystem::path& checkpoint_id) override;
   void set_up_storage_writer(bool is_coordinator, int rank) override;
   SavePlan prepare_local_plan(SavePlan plan) override;

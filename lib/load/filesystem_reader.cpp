@@ -92,6 +92,20 @@ std::unique_ptr<FileSystemReader> SharedEngineReader::open(std::filesystem::path
 
 FileSystemReader::~FileSystemReader() = default;
 
+bool FileSystemReader::validate_checkpoint_id(const std::filesystem::path& checkpoint_id) noexcept {
+  try {
+    if (checkpoint_id.empty() || checkpoint_id.native().find("://") != std::string::npos) {
+      return false;
+    }
+    std::error_code ec;
+    return std::filesystem::is_directory(std::filesystem::symlink_status(checkpoint_id, ec)) &&
+           std::filesystem::is_regular_file(
+               std::filesystem::symlink_status(checkpoint_id / kMetadataFile, ec));
+  } catch (...) {  // a path too long to build, out of memory: not usable
+    return false;
+  }
+}
+
 void FileSystemReader::reset(const std::filesystem::path& checkpoint_id) {
   impl_->dir = checkpoint_id;
   impl_->handle = CheckpointDirectory();

@@ -1,5 +1,10 @@
 #include "ringckpt/filesystem_writer.hpp"
 
+#include <unistd.h>
+
+#include <string>
+#include <system_error>
+
 #include "format/error_translation.hpp"
 #include "io/io_engine.hpp"
 #include "save/rank_writer.hpp"
@@ -20,6 +25,29 @@ FileSystemWriter::FileSystemWriter(std::filesystem::path dir, IoOptions io, bool
     : impl_(std::make_unique<Impl>(std::move(dir), std::move(io), overwrite)) {}
 
 FileSystemWriter::~FileSystemWriter() = default;
+
+bool FileSystemWriter::validate_checkpoint_id(const std::filesystem::path& checkpoint_id) noexcept {
+  try {
+    if (checkpoint_id.empty() || checkpoint_id.native().find("://") != std::string::npos) {
+      return false;
+    }
+    // The nearest existing ancestor (or the path itself) must be a writable
+    // directory: the save creates what is missing below it.
+    std::filesystem::path at = std::filesystem::absolute(checkpoint_id);
+    while (true) {
+      std::error_code ec;
+      const auto status = std::filesystem::status(at, ec);
+      if (std::filesystem::exists(status)) {
+        return std::filesystem::is_directory(status) && ::access(at.c_str(), W_OK) == 0;
+      }
+      if (ec && ec != std::errc::no_such_file_or_directory) return false;
+      if (!at.has_relative_path()) return false;  // reached the root
+      at = at.parent_path();
+    }
+  } catch (...) {  // a path too long to build, out of memory: not usable
+    return false;
+  }
+}
 
 void FileSystemWriter::reset(const std::filesystem::path& checkpoint_id) {
   impl_->dir = checkpoint_id.string();
