@@ -103,7 +103,13 @@ class DefaultLoadPlanner : public LoadPlanner {
 };
 
 // The read items that copy the stored chunks of `stored` that intersect the
-// box `dest` (a whole tensor or a shard) of destination `dest_index`.
+// box `dest` (a whole tensor or a shard) of destination `dest_index`: one
+// item per chunk with a non-empty intersection, in increasing chunk position.
+// One box costs one pass over the chunks; DefaultLoadPlanner, asked for many
+// boxes of one tensor, sorts its chunks along one dimension once and
+// binary-searches them for each box instead of trying every chunk.
+// Throws Error naming `fqn` if a chunk or the box does not have the box's
+// rank, or if a chunk's or the box's end overflows int64.
 std::vector<ReadItem> read_items_for_box(const std::string& fqn,
                                          const TensorStorageMetadata& stored,
                                          const MetadataIndex& dest_index,

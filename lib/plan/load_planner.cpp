@@ -5,12 +5,14 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <variant>
 
 #include "format/dtype_cast.hpp"
 #include "format/message_text.hpp"
 #include "format/tensor_geometry.hpp"
+#include "plan/chunk_index.hpp"
 #include "plan/plan_validation.hpp"
 #include "ringckpt/error.hpp"
 
@@ -55,40 +57,19 @@ ReadItem bytes_read_item(const std::string& fqn) {
   return item;
 }
 
-// read_items_for_box, appending to `out`: the destination box is
-// [dest_offsets, dest_offsets + dest_sizes) of dest_index's tensor or shard,
-// dest_index being {fqn, dest_offsets}.
+// Appends to `out` the read items of the stored chunks at `positions` (each
+// meeting the box, as ChunkIndex::find_intersecting returns them), in that
+// order: the destination box is [dest_offsets, dest_offsets + dest_sizes) of
+// dest_index's tensor or shard, dest_index being {fqn, dest_offsets} when
+// null. REQUIRES: the box and the chunks have the same rank and no end
+// overflows (the index checked both).
 void append_read_items(std::vector<ReadItem>& out, const std::string& fqn,
                        const TensorStorageMetadata& stored, const MetadataIndex* dest_index,
-                       const Shape& dest_offsets, const Shape& dest_sizes) {
+                       const Shape& dest_offsets, const Shape& dest_sizes,
+                       std::span<const std::size_t> positions) {
   const std::size_t ndim = dest_offsets.size();
-  if (dest_sizes.size() != ndim) {
-    throw Error(ErrorCode::kInvalidArgument, fqn,
-                "destination box " + chunk_str(dest_offsets, dest_sizes) +
-                    " has mismatched ranks");
-  }
-  for (std::size_t c = 0; c < stored.chunks.size(); ++c) {
+  for (std::size_t c : positions) {
     const auto& chunk = stored.chunks[c];
-    if (chunk.offsets.size() != ndim || chunk.sizes.size() != ndim) {
-      throw Error(ErrorCode::kMismatch, fqn,
-                  "stored chunk " + chunk_str(chunk) + " does not have the " +
-                      std::to_string(ndim) + " dimensions of the destination");
-    }
-    // Intersection [lo, hi) of the two boxes; empty if hi <= lo in any dim.
-    // A 0-d box has no dimension and so always intersects.
-    bool empty = false;
-    for (std::size_t d = 0; d < ndim && !empty; ++d) {
-      std::int64_t chunk_end = 0, dest_end = 0;
-      if (__builtin_add_overflow(chunk.offsets[d], chunk.sizes[d], &chunk_end) ||
-          __builtin_add_overflow(dest_offsets[d], dest_sizes[d], &dest_end)) {
-        throw Error(ErrorCode::kInvalidArgument, fqn,
-                    "box " + chunk_str(chunk) + " or " + chunk_str(dest_offsets, dest_sizes) +
-                        " overflows");
-      }
-      empty = std::min(chunk_end, dest_end) <= std::max(chunk.offsets[d], dest_offsets[d]);
-    }
-    if (empty) continue;
-
     ReadItem& item = out.emplace_back();
     item.type = LoadItemType::TENSOR;
     if (dest_index) {
@@ -103,7 +84,7 @@ void append_read_items(std::vector<ReadItem>& out, const std::string& fqn,
     item.dest_offsets.resize(ndim);
     item.storage_offsets.resize(ndim);
     item.lengths.resize(ndim);
-    for (std::size_t d = 0; d < ndim; ++d) {  // no overflow: checked above
+    for (std::size_t d = 0; d < ndim; ++d) {  // no overflow: see REQUIRES
       const std::int64_t lo = std::max(chunk.offsets[d], dest_offsets[d]);
       const std::int64_t hi = std::min(chunk.offsets[d] + chunk.sizes[d],
                                        dest_offsets[d] + dest_sizes[d]);
@@ -134,6 +115,15 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
   }
   LoadPlan plan;
   plan.items.reserve(state_dict_->size());
+  std::vector<std::size_t> positions;  // the chunks meeting one box
+  // Appends the items of one box of `fqn`, found through `chunks`.
+  auto plan_box = [&](const std::string& fqn, const TensorStorageMetadata& tm,
+                      detail::ChunkIndex& chunks, const Shape& offsets,
+                      const Shape& sizes) {
+    positions.clear();
+    chunks.find_intersecting(offsets, sizes, positions);
+    append_read_items(plan.items, fqn, tm, nullptr, offsets, sizes, positions);
+  };
   for (const auto& entry : *state_dict_) {
     const std::string& fqn = entry.fqn;
     auto it = metadata_->state_dict_metadata.find(fqn);
@@ -158,13 +148,16 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
     if (wanted != tm.properties.dtype) cast_from_[fqn] = tm.properties.dtype;  // checked below
     if (const auto* t = std::get_if<TensorView>(&entry.value)) {
       check_matches(fqn, tm, t->shape, t->dtype, options_.strict_dtype);
-      append_read_items(plan.items, fqn, tm, nullptr, Shape(t->shape.size(), 0), t->shape);
+      detail::ChunkIndex chunks(fqn, tm, t->shape.size());
+      plan_box(fqn, tm, chunks, Shape(t->shape.size(), 0), t->shape);
     } else {
       const auto& st = std::get<ShardedTensor>(entry.value);
       check_matches(fqn, tm, st.global_shape, st.dtype, options_.strict_dtype);
+      for (const auto& shard : st.shards) check_shard(fqn, st, shard);
+      if (st.shards.empty()) continue;
+      detail::ChunkIndex chunks(fqn, tm, st.global_shape.size());  // once for all shards
       for (const auto& shard : st.shards) {
-        check_shard(fqn, st, shard);
-        append_read_items(plan.items, fqn, tm, nullptr, shard.offsets, shard.local.shape);
+        plan_box(fqn, tm, chunks, shard.offsets, shard.local.shape);
       }
     }
   }
@@ -242,8 +235,12 @@ std::vector<ReadItem> read_items_for_box(const std::string& fqn,
                                          const TensorStorageMetadata& stored,
                                          const MetadataIndex& dest_index,
                                          const ChunkStorageMetadata& dest) {
+  std::vector<std::size_t> positions;
+  detail::ChunkIndex chunks(fqn, stored, dest.offsets.size());
+  chunks.find_intersecting(dest.offsets, dest.sizes, positions);  // checks the box's rank
   std::vector<ReadItem> items;
-  append_read_items(items, fqn, stored, &dest_index, dest.offsets, dest.sizes);
+  items.reserve(positions.size());
+  append_read_items(items, fqn, stored, &dest_index, dest.offsets, dest.sizes, positions);
   return items;
 }
 

@@ -6,12 +6,14 @@
 // requested box.
 //
 // Properties: both return or throw ringckpt::Error. Each read item copies
-// exactly the intersection of one stored chunk (at most one item a chunk) with
-// the box, lies inside both, and every non-empty intersection has its item.
+// exactly the intersection of one stored chunk (at most one item a chunk, in
+// increasing chunk position) with the box, lies inside both, and every non-empty intersection has its item.
 // When the chunks tile the tensor and the box lies inside it, neither may
 // fail, the items do not overlap and their elements add up to the box's. The
 // planner, asked for the box as a shard (or the whole tensor), plans exactly
-// the items read_items_for_box gives.
+// the items read_items_for_box gives; asked for it as 2 or 3 shards at the
+// same place (the chunk index scans on its first query, is sorted for the
+// next), those items 2 or 3 times over.
 #include <fuzzer/FuzzedDataProvider.h>
 
 #include <cstddef>
@@ -141,6 +143,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       FUZZ_CHECK(it.storage_index.fqn == fqn && it.storage_index.index.has_value());
       const std::size_t c = *it.storage_index.index;
       FUZZ_CHECK(c < stored.chunks.size() && !seen[c]);
+      FUZZ_CHECK(&it == &items->front() || *(&it - 1)->storage_index.index < c);
       seen[c] = true;
       const ChunkStorageMetadata& chunk = stored.chunks[c];
       FUZZ_CHECK(it.storage_index.offset == chunk.offsets);
@@ -194,20 +197,25 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
   }
 
-  // The default load planner, asked for the box as a shard or, when it is
-  // the whole tensor, as a TensorView: the same items.
+  // The default load planner, asked for the box as 1 to 3 shards or, when it
+  // is the whole tensor, as a TensorView: the same items, once per request.
   if (box.offsets.size() == ndim && box.sizes.size() == ndim) {
     Metadata metadata;
     metadata.state_dict_metadata.emplace(fqn, stored);
     StateDict sd;
     const bool whole = box.offsets == Shape(ndim, 0) && box.sizes == shape;
+    std::size_t requests = 1;  // how many times the planner is asked for the box
     if (whole && in.ConsumeBool()) {
       sd.add(fqn, TensorView{nullptr, DType::F32, shape});
     } else {
       ShardedTensor st;
       st.dtype = DType::F32;
       st.global_shape = shape;
-      st.shards.push_back({TensorView{nullptr, DType::F32, box.sizes}, box.offsets});
+      const int copies = in.ConsumeIntegralInRange<int>(1, 3);
+      requests = static_cast<std::size_t>(copies);
+      for (int k = 0; k < copies; ++k) {
+        st.shards.push_back({TensorView{nullptr, DType::F32, box.sizes}, box.offsets});
+      }
       sd.add(fqn, std::move(st));
     }
     DefaultLoadPlanner planner;
@@ -216,7 +224,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     FUZZ_CHECK(plan || !must_plan);
     if (plan) {
       FUZZ_CHECK(items.has_value());
-      FUZZ_CHECK(same_items(plan->items, *items));
+      std::vector<ReadItem> want;
+      for (std::size_t k = 0; k < requests; ++k) {
+        want.insert(want.end(), items->begin(), items->end());
+      }
+      FUZZ_CHECK(same_items(plan->items, want));
     }
   }
   return 0;

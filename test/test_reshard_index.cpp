@@ -1,0 +1,310 @@
+// test_reshard_index.cpp — the chunk index of the load planner
+// (lib/plan/chunk_index): read_items_for_box and DefaultLoadPlanner plan
+// exactly the items that trying every (chunk, box) pair gives, in increasing
+// chunk order, for row, column and block tilings, uneven ones, and chunk sets
+// that are no tiling at all (overlapping, empty, negative sizes).
+#define BOOST_TEST_MODULE reshard_index
+#include <boost/test/unit_test.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "plan/chunk_index.hpp"
+#include "ringckpt/default_planner.hpp"
+#include "ringckpt/error.hpp"
+
+using namespace ringckpt;
+
+namespace {
+
+const std::string kFqn = "model.layers.3.attention.wq.weight";
+
+// The reference: every chunk tried against the box, in stored order.
+std::vector<ReadItem> all_pairs(const TensorStorageMetadata& stored,
+                                const MetadataIndex& dest_index, const ChunkStorageMetadata& box) {
+  std::vector<ReadItem> items;
+  const std::size_t ndim = box.offsets.size();
+  for (std::size_t c = 0; c < stored.chunks.size(); ++c) {
+    const auto& chunk = stored.chunks[c];
+    ReadItem item;
+    item.dest_index = dest_index;
+    item.storage_index = MetadataIndex{kFqn, chunk.offsets, c};
+    bool meets = true;
+    for (std::size_t d = 0; d < ndim; ++d) {
+      const std::int64_t lo = std::max(chunk.offsets[d], box.offsets[d]);
+      const std::int64_t hi =
+          std::min(chunk.offsets[d] + chunk.sizes[d], box.offsets[d] + box.sizes[d]);
+      meets = meets && lo < hi;
+      item.dest_offsets.push_back(lo - box.offsets[d]);
+      item.storage_offsets.push_back(lo - chunk.offsets[d]);
+      item.lengths.push_back(hi - lo);
+    }
+    if (meets) items.push_back(std::move(item));
+  }
+  return items;
+}
+
+// Whole ReadItems compared field by field (MetadataIndex's == ignores index).
+void check_same(const std::vector<ReadItem>& got, const std::vector<ReadItem>& want,
+                const std::string& what) {
+  BOOST_TEST_CONTEXT(what) {
+    BOOST_TEST_REQUIRE(got.size() == want.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      BOOST_TEST_CONTEXT("item " << i) {
+        BOOST_TEST((got[i].type == want[i].type));
+        BOOST_TEST(got[i].dest_index.fqn == want[i].dest_index.fqn);
+        BOOST_TEST((got[i].dest_index.offset == want[i].dest_index.offset));
+        BOOST_TEST((got[i].dest_index.index == want[i].dest_index.index));
+        BOOST_TEST(got[i].storage_index.fqn == want[i].storage_index.fqn);
+        BOOST_TEST((got[i].storage_index.offset == want[i].storage_index.offset));
+        BOOST_TEST((got[i].storage_index.index == want[i].storage_index.index));
+        BOOST_TEST(got[i].dest_offsets == want[i].dest_offsets, boost::test_tools::per_element());
+        BOOST_TEST(got[i].storage_offsets == want[i].storage_offsets,
+                   boost::test_tools::per_element());
+        BOOST_TEST(got[i].lengths == want[i].lengths, boost::test_tools::per_element());
+      }
+    }
+  }
+}
+
+std::int64_t uniform(std::mt19937_64& rng, std::int64_t lo, std::int64_t hi) {
+  return std::uniform_int_distribution<std::int64_t>(lo, hi)(rng);
+}
+
+// Cuts of [0, n) into `parts` pieces: even, or (uneven) at random points,
+// empty pieces allowed.
+std::vector<std::int64_t> cuts(std::mt19937_64& rng, std::int64_t n, std::int64_t parts,
+                               bool uneven) {
+  std::vector<std::int64_t> at{0};
+  for (std::int64_t p = 1; p < parts; ++p) {
+    at.push_back(uneven ? uniform(rng, 0, n) : n * p / parts);
+  }
+  at.push_back(n);
+  std::ranges::sort(at);
+  return at;
+}
+
+// A grid tiling of `shape`: dims[d] pieces along dimension d.
+std::vector<ChunkStorageMetadata> grid(std::mt19937_64& rng, const Shape& shape,
+                                       const std::vector<std::int64_t>& dims, bool uneven) {
+  std::vector<std::vector<std::int64_t>> at;
+  for (std::size_t d = 0; d < shape.size(); ++d) at.push_back(cuts(rng, shape[d], dims[d], uneven));
+  std::vector<ChunkStorageMetadata> chunks{{{}, {}}};
+  for (std::size_t d = 0; d < shape.size(); ++d) {
+    std::vector<ChunkStorageMetadata> next;
+    for (const auto& c : chunks) {
+      for (std::size_t k = 0; k + 1 < at[d].size(); ++k) {
+        auto n = c;
+        n.offsets.push_back(at[d][k]);
+        n.sizes.push_back(at[d][k + 1] - at[d][k]);
+        next.push_back(std::move(n));
+      }
+    }
+    chunks = std::move(next);
+  }
+  return chunks;
+}
+
+// A tiling by random guillotine cuts: chunks of very different sizes.
+std::vector<ChunkStorageMetadata> guillotine(std::mt19937_64& rng, const Shape& shape, int count) {
+  std::vector<ChunkStorageMetadata> chunks{{Shape(shape.size(), 0), shape}};
+  for (int k = 0; k < count; ++k) {
+    auto& c = chunks[static_cast<std::size_t>(uniform(rng, 0, std::int64_t(chunks.size()) - 1))];
+    const auto d = static_cast<std::size_t>(uniform(rng, 0, std::int64_t(shape.size()) - 1));
+    const std::int64_t at = uniform(rng, 0, c.sizes[d]);
+    auto rest = c;
+    rest.offsets[d] += at;
+    rest.sizes[d] -= at;
+    c.sizes[d] = at;
+    chunks.push_back(std::move(rest));
+  }
+  return chunks;
+}
+
+// Chunks that are no tiling: boxes anywhere, overlapping, some empty or of
+// negative size, some outside the shape.
+std::vector<ChunkStorageMetadata> arbitrary(std::mt19937_64& rng, const Shape& shape, int count) {
+  std::vector<ChunkStorageMetadata> chunks;
+  for (int k = 0; k < count; ++k) {
+    ChunkStorageMetadata c;
+    for (std::int64_t n : shape) {
+      c.offsets.push_back(uniform(rng, -2, n + 2));
+      c.sizes.push_back(uniform(rng, -1, n));
+    }
+    chunks.push_back(std::move(c));
+  }
+  return chunks;
+}
+
+ChunkStorageMetadata random_box(std::mt19937_64& rng, const Shape& shape) {
+  ChunkStorageMetadata box;
+  for (std::int64_t n : shape) {
+    box.offsets.push_back(uniform(rng, 0, n));
+    box.sizes.push_back(uniform(rng, 0, n - box.offsets.back()));
+  }
+  return box;
+}
+
+// Checks read_items_for_box, and one ChunkIndex asked for every box (a scan
+// the first time, the sorted index after), against all_pairs for 20 random
+// boxes of the chunk set, shuffled half the time so that stored order is not
+// sorted order.
+void check_chunk_set(std::mt19937_64& rng, const Shape& shape,
+                     std::vector<ChunkStorageMetadata> chunks, const std::string& what) {
+  if (uniform(rng, 0, 1) == 1) std::ranges::shuffle(chunks, rng);
+  TensorStorageMetadata stored;
+  stored.size = shape;
+  stored.chunks = std::move(chunks);
+  detail::ChunkIndex index(kFqn, stored, shape.size());  // scans once, then sorted
+  for (int b = 0; b < 20; ++b) {
+    const auto box = random_box(rng, shape);
+    const MetadataIndex dest{kFqn, box.offsets, std::nullopt};
+    const auto want = all_pairs(stored, dest, box);
+    check_same(read_items_for_box(kFqn, stored, dest, box), want,
+               what + " box " + std::to_string(b));
+    std::vector<std::size_t> found, want_positions;
+    index.find_intersecting(box.offsets, box.sizes, found);
+    for (const ReadItem& item : want) want_positions.push_back(*item.storage_index.index);
+    BOOST_TEST(found == want_positions, what << " box " << b << ", index query " << b);
+  }
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(index_finds_what_all_pairs_finds_over_random_tilings) {
+  std::mt19937_64 rng(20261201);
+  for (int round = 0; round < 60; ++round) {
+    const Shape shape2{uniform(rng, 1, 40), uniform(rng, 1, 40)};
+    const auto r = uniform(rng, 1, 12);
+    const auto c = uniform(rng, 1, 12);
+    const std::string at = " round " + std::to_string(round);
+    for (bool uneven : {false, true}) {
+      const std::string kind = uneven ? " uneven" : " even";
+      check_chunk_set(rng, shape2, grid(rng, shape2, {r, 1}, uneven), "row" + kind + at);
+      check_chunk_set(rng, shape2, grid(rng, shape2, {1, c}, uneven), "column" + kind + at);
+      check_chunk_set(rng, shape2, grid(rng, shape2, {r, c}, uneven), "block" + kind + at);
+    }
+    check_chunk_set(rng, shape2, guillotine(rng, shape2, 15), "guillotine" + at);
+    check_chunk_set(rng, shape2, arbitrary(rng, shape2, 12), "arbitrary" + at);
+    const Shape shape3{uniform(rng, 1, 9), uniform(rng, 1, 9), uniform(rng, 1, 9)};
+    check_chunk_set(rng, shape3, grid(rng, shape3, {2, 3, 2}, true), "3-d block" + at);
+    check_chunk_set(rng, shape3, guillotine(rng, shape3, 10), "3-d guillotine" + at);
+    check_chunk_set(rng, shape3, arbitrary(rng, shape3, 10), "3-d arbitrary" + at);
+    const Shape shape1{uniform(rng, 1, 60)};
+    check_chunk_set(rng, shape1, grid(rng, shape1, {7}, true), "1-d" + at);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(planner_plans_every_shard_from_one_index_as_all_pairs_does) {
+  // Saved as 6 x 5 uneven blocks, loaded as 4 uneven row shards and, in a
+  // second tensor, as 3 column shards: the plan is the shards' items in
+  // shard order, each shard's in chunk order.
+  std::mt19937_64 rng(7);
+  const Shape shape{37, 23};
+  Metadata metadata;
+  TensorStorageMetadata stored;
+  stored.properties.dtype = DType::F32;
+  stored.size = shape;
+  stored.chunks = grid(rng, shape, {6, 5}, true);
+  std::ranges::shuffle(stored.chunks, rng);
+  metadata.state_dict_metadata.emplace(kFqn, stored);
+  metadata.state_dict_metadata.emplace("b", stored);
+  StateDict sd;
+  for (const auto& [name, dims] : {std::pair{kFqn, std::vector<std::int64_t>{4, 1}},
+                                   std::pair{std::string("b"), std::vector<std::int64_t>{1, 3}}}) {
+    ShardedTensor st;
+    st.global_shape = shape;
+    for (const auto& box : grid(rng, shape, dims, true)) {
+      st.shards.push_back({TensorView{nullptr, DType::F32, box.sizes}, box.offsets});
+    }
+    sd.add(name, std::move(st));
+  }
+  DefaultLoadPlanner planner;
+  planner.set_up_planner(sd, metadata, true);
+  const LoadPlan plan = planner.create_local_plan();
+  std::vector<ReadItem> want;
+  for (const auto& entry : sd) {
+    for (const auto& shard : std::get<ShardedTensor>(entry.value).shards) {
+      const ChunkStorageMetadata box{shard.offsets, shard.local.shape};
+      const MetadataIndex dest{entry.fqn, box.offsets, std::nullopt};
+      for (auto item : all_pairs(stored, dest, box)) {
+        item.storage_index.fqn = entry.fqn;
+        want.push_back(std::move(item));
+      }
+    }
+  }
+  check_same(plan.items, want, "plan");
+}
+
+BOOST_AUTO_TEST_CASE(zero_dimensional_chunks_all_meet_a_zero_dimensional_box) {
+  TensorStorageMetadata stored;
+  stored.chunks = {{{}, {}}, {{}, {}}};
+  const ChunkStorageMetadata box{{}, {}};
+  const MetadataIndex dest{kFqn, Shape{}, std::nullopt};
+  check_same(read_items_for_box(kFqn, stored, dest, box), all_pairs(stored, dest, box), "0-d");
+}
+
+BOOST_AUTO_TEST_CASE(bad_chunks_and_boxes_are_errors_naming_tensor_and_chunk) {
+  auto message_of = [](auto&& fn) -> std::string {
+    try {
+      fn();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  TensorStorageMetadata stored;
+  stored.size = {4, 4};
+  stored.chunks = {{{0, 0}, {2, 4}}, {{2, 0}, {2, 4}}};
+  const ChunkStorageMetadata box{{0, 0}, {4, 4}};
+  const MetadataIndex dest{kFqn, box.offsets, std::nullopt};
+
+  auto wrong_rank = stored;
+  wrong_rank.chunks[1] = {{2}, {2}};
+  const std::string rank = message_of([&] { read_items_for_box(kFqn, wrong_rank, dest, box); });
+  BOOST_TEST(rank.find(kFqn) != std::string::npos);
+  BOOST_TEST(rank.find("does not have the 2 dimensions") != std::string::npos, rank);
+
+  auto overflowing = stored;
+  overflowing.chunks[0] = {{0, INT64_MAX}, {2, 1}};
+  const std::string over = message_of([&] { read_items_for_box(kFqn, overflowing, dest, box); });
+  BOOST_TEST(over.find(kFqn) != std::string::npos);
+  BOOST_TEST(over.find("stored chunk") != std::string::npos, over);
+  BOOST_TEST(over.find("overflows") != std::string::npos, over);
+
+  const ChunkStorageMetadata far{{INT64_MAX, 0}, {1, 1}};
+  const std::string dest_over = message_of([&] { read_items_for_box(kFqn, stored, dest, far); });
+  BOOST_TEST(dest_over.find("destination box") != std::string::npos, dest_over);
+  BOOST_TEST(dest_over.find("overflows") != std::string::npos, dest_over);
+
+  const ChunkStorageMetadata ragged{{0, 0}, {4}};
+  const std::string mixed = message_of([&] { read_items_for_box(kFqn, stored, dest, ragged); });
+  BOOST_TEST(mixed.find("destination box") != std::string::npos, mixed);
+  BOOST_TEST(mixed.find("dimensions") != std::string::npos, mixed);
+}
+
+BOOST_AUTO_TEST_CASE(index_answers_many_queries_in_chunk_order) {
+  // Built once, queried for every row band, then for boxes that cross bands:
+  // always increasing positions, each chunk at most once.
+  TensorStorageMetadata stored;
+  stored.size = {64, 8};
+  for (std::int64_t s = 63; s >= 0; --s) stored.chunks.push_back({{s, 0}, {1, 8}});  // reversed
+  detail::ChunkIndex index(kFqn, stored, 2);
+  std::vector<std::size_t> found;
+  for (std::int64_t row = 0; row < 64; ++row) {
+    found.clear();
+    index.find_intersecting({row, 3}, {1, 2}, found);
+    BOOST_TEST_REQUIRE(found.size() == 1u);
+    BOOST_TEST(found[0] == static_cast<std::size_t>(63 - row));
+  }
+  found.clear();
+  index.find_intersecting({10, 0}, {5, 8}, found);
+  BOOST_TEST(found == (std::vector<std::size_t>{49, 50, 51, 52, 53}),
+             boost::test_tools::per_element());
+  found.clear();
+  index.find_intersecting({10, 8}, {5, 1}, found);  // past the last column
+  BOOST_TEST(found.empty());
+}
