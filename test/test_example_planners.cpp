@@ -413,6 +413,26 @@ std::map<std::size_t, std::uint64_t> bytes_per_rank(const std::vector<SavePlan>&
   return out;
 }
 
+BOOST_AUTO_TEST_CASE(load_balancing_refuses_ranks_that_disagree) {
+  // Rank 0 holds w as [4], rank 1 as [8]: dropping one of them as a replica
+  // would save the wrong tensor. The check runs before anything is dropped.
+  OwnedTensor small(DType::F32, {4}, 1), large(DType::F32, {8}, 2);
+  StateDict sd0, sd1;
+  sd0.add("w", small.view);
+  sd1.add("w", large.view);
+  LoadBalancingPlanner p0, p1;
+  p0.set_up_planner(sd0, true);
+  p1.set_up_planner(sd1, false);
+  std::vector<SavePlan> plans{p0.create_local_plan(), p1.create_local_plan()};
+  try {
+    (void)p0.create_global_plan(plans);
+    BOOST_FAIL("ranks that disagree on w were accepted");
+  } catch (const Error& e) {
+    BOOST_TEST(e.where() == "w");
+    BOOST_TEST(std::string(e.what()).find("[8]") != std::string::npos, e.what());
+  }
+}
+
 BOOST_AUTO_TEST_CASE(load_balancing_global_plan_over_four_ranks) {
   Model m;
   LoadBalancingPlanner planner;

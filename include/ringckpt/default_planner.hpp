@@ -57,7 +57,10 @@ class DefaultSavePlanner : public SavePlanner {
 // (F64, F32, F16, BF16) that differs from the stored one is cast on load, as
 // DCP's copy_ does (round to nearest even): each such destination is read
 // into a buffer of the stored dtype, converted in commit_tensor, and the
-// buffer freed once its last item is committed. strict_dtype refuses any
+// buffer freed once its last item is committed. (FileSystemReader resolves
+// every item of a load before it reads any, so the buffers of all cast
+// tensors are held at once: a cast load needs their stored bytes in memory
+// besides the destinations.) strict_dtype refuses any
 // dtype difference instead (Error(kMismatch) naming the key), as does every
 // difference involving a non-floating dtype.
 class DefaultLoadPlanner : public LoadPlanner {

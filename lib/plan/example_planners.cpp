@@ -8,6 +8,7 @@
 #include <variant>
 
 #include "format/dtype_cast.hpp"
+#include "plan/plan_validation.hpp"
 #include "ringckpt/error.hpp"
 
 namespace ringckpt {
@@ -84,6 +85,9 @@ ItemData FP16Planner::resolve_data(const WriteItem& item) {
 
 std::pair<std::vector<SavePlan>, Metadata> LoadBalancingPlanner::create_global_plan(
     std::vector<SavePlan> all_plans) {
+  // Before anything is dropped: the default global plan checks consistency
+  // only among the items it still sees.
+  detail::check_plans_consistent(all_plans);
   struct Item {
     MetadataIndex index;
     std::uint64_t bytes;
@@ -117,10 +121,8 @@ std::pair<std::vector<SavePlan>, Metadata> LoadBalancingPlanner::create_global_p
     std::vector<WriteItem> kept;
     for (auto& item : all_plans[r].items) {
       auto it = owner.find(item.index);
-      if (it != owner.end() && it->second == r) {
-        kept.push_back(std::move(item));
-        owner.erase(it);  // a rank's own duplicate is not kept twice
-      }
+      // A rank's own duplicate is kept too, for validation to refuse.
+      if (it != owner.end() && it->second == r) kept.push_back(std::move(item));
     }
     all_plans[r].items = std::move(kept);
   }

@@ -315,6 +315,10 @@ SavePlan DefaultSavePlanner::create_local_plan() {
   return plan;
 }
 
+void detail::check_plans_consistent(const std::vector<SavePlan>& plans) {
+  check_consistent(plans);
+}
+
 std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_plan(
     std::vector<SavePlan> all_plans) {
   std::optional<Metadata> built = build_metadata_unique(all_plans);
