@@ -9,17 +9,27 @@
 //   auto h = ckpt.async_save(sd, "ckpt/step-1000");
 //   h.staged.wait();      // now the training may mutate or free what sd points to
 //   h.committed.get();    // durable and visible; throws ringckpt::Error on failure
+//
+// On many ranks (MPI, threads), every rank makes its own Checkpointer over
+// the same Coordinator and asks for the same saves and loads in the same
+// order; together they write one checkpoint:
+//
+//   ringckpt::MpiCoordinator world;                   // MPI_THREAD_MULTIPLE
+//   ringckpt::Checkpointer ckpt({}, world);            // collective
+//   auto h = ckpt.async_save(my_shards, "ckpt/step-1000");
 #pragma once
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/async_result.hpp>
 
+#include <cstdint>
 #include <exception>
 #include <filesystem>
 #include <future>
 #include <memory>
 #include <optional>
 
+#include "ringckpt/coordinator.hpp"
 #include "ringckpt/io_options.hpp"
 #include "ringckpt/metadata.hpp"
 #include "ringckpt/planner.hpp"
@@ -49,8 +59,18 @@ struct CheckpointerOptions {
   // extent_size, ring_bytes (the staging memory), queue depth, threads.
   IoOptions io;
   // The mode of a save that does not name one. lazy suits a training loop:
-  // the caller is blocked only for planning.
+  // the caller is blocked only while the save is queued.
   StagingMode default_mode = StagingMode::lazy;
+  // DCP's plan caching: a save whose local plans all equal the previous
+  // save's (same keys, shapes, dtypes, shards) reuses its global plan; only
+  // saves with the default planner are cached.
+  bool plan_caching = true;
+};
+
+// How this rank's saves were planned (plan caching).
+struct PlanCacheReport {
+  std::uint64_t cold = 0;    // global plan made (and sent in full)
+  std::uint64_t cached = 0;  // global plan reused (a token sent each way)
 };
 
 struct AsyncSaveOptions {
@@ -72,7 +92,7 @@ using AnyCompletionHandler = boost::asio::any_completion_handler<CompletionSigna
 //    coroutine's, use_future's) runs on that executor; use_future's promise
 //    is set on Asio's system executor. A plain callback runs on the
 //    Checkpointer's completion thread, which is neither the caller's, the
-//    control thread (planning of lazy/bounded saves, commits), a staging
+//    control thread (planning, collectives, commits, loads), a staging
 //    thread nor the I/O thread: a callback may call async_save, save, load,
 //    cancel or the async waits, and may block on save(), load(), a
 //    SaveHandle's futures or the use_future of another operation. (A
@@ -88,14 +108,23 @@ using AnyCompletionHandler = boost::asio::any_completion_handler<CompletionSigna
 //  - Every failure of a save (planning, staging, writing, commit, cancel,
 //    ~Checkpointer) ends it through one path: both completions report the
 //    error (those not yet delivered), no waiter is left hanging.
-//  - async_load runs on a load thread of its own: it never delays a commit.
 //
-// Where planning runs and where its errors arrive, per staging mode:
-//  - snapshot: on the calling thread, inside async_save (which then waits for
-//    staged). async_save(dir) throws the planning error; async_save(...,
-//    token) delivers it to the handler.
-//  - lazy, bounded: on the control thread, after async_save has returned; a
-//    planning error arrives through both completions (and the token).
+// Threads and ranks. Every save and load of a Checkpointer runs on its
+// control thread, one after another in the order they were asked: its
+// planning, its collectives (over the coordinator's duplicate), the wait for
+// its data, its commit. So a save and a load in flight together never
+// interleave their collectives, and on N ranks the same order on every rank
+// is all the ranks must agree on. A lazy or bounded async_save only queues
+// the save; a snapshot async_save queues it and waits until staged; load
+// queues the load and waits; async_load queues it. Planning errors arrive
+// through both completions (and the token); a snapshot async_save(dir)
+// throws the error that failed its staging, planning included.
+//
+// On N ranks, a save fails on every rank if it fails on one (its planner or
+// storage throws, its disk is full, it is cancelled there, its Checkpointer
+// is destroyed with the save pending): every rank's completions report the
+// same Error, naming that rank, and nothing becomes visible. committed
+// fires on every rank once rank 0 has committed metadata.json.
 
 class SaveCompletions;  // the state of one save's completions; defined in lib/
 
@@ -145,17 +174,27 @@ class SaveHandle {
 
 class Checkpointer {
  public:
+  // One rank: this process alone.
   explicit Checkpointer(CheckpointerOptions options = {});
+  // Rank coordinator.rank() of coordinator.world_size(): a collective (it
+  // calls coordinator.duplicate() on this thread, and from then on uses only
+  // the duplicate, on its control thread). The coordinator may be destroyed
+  // once this returns.
+  Checkpointer(CheckpointerOptions options, Coordinator& coordinator);
   // Cancels saves not yet committed, waits for every thread to stop and for
   // every pending plain callback to have run; handlers bound to an executor
-  // have been posted to it. REQUIRES: not called from a plain callback (it
+  // have been posted to it. On N ranks, saves and loads still queued run
+  // their collectives to the end (a save as cancelled), so the other ranks
+  // must reach them too. REQUIRES: not called from a plain callback (it
   // waits for the completion thread that callback runs on).
   ~Checkpointer();
   Checkpointer(const Checkpointer&) = delete;
   Checkpointer& operator=(const Checkpointer&) = delete;
 
   // Queues the save and returns (a snapshot save once staged); saves from any
-  // number of threads run one after another, in the order asked.
+  // number of threads run one after another, in the order asked. On N ranks
+  // each rank passes its own part of the state dict (ShardedTensor shards,
+  // replicated tensors), and `dir` names the same directory on every rank.
   SaveHandle async_save(const StateDict& state_dict, std::filesystem::path dir,
                         AsyncSaveOptions options = {});
 
@@ -171,15 +210,17 @@ class Checkpointer {
         token);
   }
 
-  // Blocks until committed; returns the committed metadata.
+  // Blocks until committed; returns the committed metadata (on ranks other
+  // than 0, read back from dir's metadata.json and checked to be this save's).
   Metadata save(const StateDict& state_dict, const std::filesystem::path& dir,
                 AsyncSaveOptions options = {});
 
-  // Loads through the same ring and io_uring, every extent verified.
+  // Loads through the same ring and io_uring, every extent verified; on N
+  // ranks each fills its own part, resharded as ringckpt::load does.
   void load(StateDict& state_dict, const std::filesystem::path& dir,
             LoadPlanner* planner = nullptr);
 
-  // Loads on the load thread; the token gets void(std::exception_ptr).
+  // Queues the load; the token gets void(std::exception_ptr).
   // state_dict (and planner) must outlive the operation.
   template <typename CompletionToken>
   auto async_load(StateDict& state_dict, std::filesystem::path dir, LoadPlanner* planner,
@@ -193,6 +234,9 @@ class Checkpointer {
 
   const CheckpointerOptions& options() const noexcept;
   IoReport report() const;
+  PlanCacheReport plan_cache() const;
+  int rank() const noexcept;
+  int world_size() const noexcept;
 
  private:
   void start_save(const StateDict& state_dict, std::filesystem::path dir,

@@ -6,6 +6,7 @@
 // ringckpt/mpi.hpp) runs them over MPI.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,6 +28,15 @@ class Coordinator {
   virtual std::string scatter(std::vector<std::string> payloads) = 0;
   // broadcast: every rank gets rank 0's payload.
   virtual std::string broadcast(std::string payload) = 0;
+
+  // A coordinator of the same ranks whose collectives never meet this one's:
+  // MPI_Comm_dup for MPI, a new round of rendezvous for threads. A collective
+  // too: every rank calls it, in the same place of its sequence of calls.
+  // A Checkpointer calls it once, on the constructing thread, inside its
+  // constructor, and from then on calls the duplicate's collectives from its
+  // own control thread only, while the caller goes on using this one. The
+  // duplicate may outlive this object.
+  virtual std::unique_ptr<Coordinator> duplicate() = 0;
 };
 
 class SingleProcess final : public Coordinator {
@@ -36,13 +46,19 @@ class SingleProcess final : public Coordinator {
   std::vector<std::string> gather(std::string payload) override;
   std::string scatter(std::vector<std::string> payloads) override;
   std::string broadcast(std::string payload) override;
+  std::unique_ptr<Coordinator> duplicate() override;
 };
 
 // `world_size` ranks that are threads of this process; member(r) is the
-// Coordinator that rank r's thread uses.
+// Coordinator that rank r's thread uses. A rank that does not reach a
+// collective within `timeout` (it died, or it runs another sequence of
+// calls) fails that collective on every rank that is waiting in it, with an
+// Error naming the missing ranks; the group (and its duplicates' rounds
+// under way) stays failed.
 class ThreadGroup {
  public:
-  explicit ThreadGroup(int world_size);
+  explicit ThreadGroup(int world_size,
+                       std::chrono::milliseconds timeout = std::chrono::minutes(10));
   ~ThreadGroup();
   Coordinator& member(int rank);
   int world_size() const;

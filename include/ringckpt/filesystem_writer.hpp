@@ -14,6 +14,8 @@
 
 namespace ringckpt {
 
+class SharedEngineWriter;  // lib/save: writers on an engine another owner shares
+
 class FileSystemWriter final : public StorageWriter {
  public:
   // overwrite: replace a checkpoint already in `dir`; it stays whole until the
@@ -38,7 +40,9 @@ class FileSystemWriter final : public StorageWriter {
   IoReport report() const;
 
  private:
+  friend class SharedEngineWriter;
   struct Impl;
+  explicit FileSystemWriter(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -6,17 +6,21 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <variant>
 
 #include "drivers/checkpoint_protocol.hpp"
 #include "drivers/save_completions.hpp"
+#include "drivers/save_protocol.hpp"
 #include "format/error_translation.hpp"
 #include "format/file_extents.hpp"
+#include "format/metadata_json.hpp"
 #include "io/io_engine.hpp"
 #include "load/shared_engine_reader.hpp"
 #include "ringckpt/checkpoint.hpp"
 #include "ringckpt/default_planner.hpp"
 #include "ringckpt/error.hpp"
 #include "save/rank_writer.hpp"
+#include "save/shared_engine_writer.hpp"
 
 namespace ringckpt {
 
@@ -49,212 +53,244 @@ struct SaveTask {
   const StateDict* state_dict = nullptr;
   AsyncSaveOptions options;
   StagingMode mode = StagingMode::lazy;
-  bool planned = false;
-  bool cancelled = false;  // guarded by Impl::mu; asked before the job started
   std::filesystem::path dir;
-  std::unique_ptr<DefaultSavePlanner> own_planner;
-  SavePlanner* planner = nullptr;
-  std::unique_ptr<detail::RankWriter> writer;
-  SavePlan plan;
-  Metadata metadata;
-  std::shared_ptr<detail::SaveJob> job;  // guarded by Impl::mu; set once started
+  Metadata metadata;         // the committed metadata (rank 0's whole; elsewhere empty)
+  std::string storage_data;  // this rank's data-file prefix, once planned
+  bool cancelled = false;    // guarded by Impl::mu
+  std::shared_ptr<detail::SaveJob> job;  // guarded by Impl::mu; set while the job runs
 };
+
+// One load, and how it completes: through a handler (async_load) or a
+// promise its caller waits on (load, which may be called from a plain
+// callback, so never through the completion thread).
+struct LoadTask {
+  StateDict* state_dict = nullptr;
+  std::filesystem::path dir;
+  LoadPlanner* planner = nullptr;
+  std::optional<PendingHandler> handler;
+  std::promise<void> done;  // when there is no handler
+};
+
+using Operation = std::variant<std::shared_ptr<SaveTask>, std::shared_ptr<LoadTask>>;
 
 }  // namespace
 
-// Threads: the control thread plans lazy and bounded saves, starts jobs and
-// commits; the load thread runs async_load; the engine's staging and I/O
-// threads run the jobs; the poster's completion thread runs plain callbacks.
+// Threads: the control thread runs every operation (planning, collectives,
+// commit, loads), in the order asked; the engine's staging and I/O threads
+// run the jobs; the poster's completion thread runs plain callbacks.
 // ~Checkpointer joins them all, so they may hold a plain Impl*; only a
 // SaveHandle's cancel hook, which may outlive the Checkpointer, holds a
 // weak_ptr.
 struct Checkpointer::Impl {
   CheckpointerOptions options;
+  std::unique_ptr<Coordinator> coordinator;  // used on the control thread only
   std::shared_ptr<detail::IoEngine> engine;
   std::shared_ptr<CompletionPoster> poster = std::make_shared<CompletionPoster>();
   std::weak_ptr<Impl> self;
   boost::asio::thread_pool control{1};
-  boost::asio::thread_pool loads{1};
+  detail::PlanCache plan_cache;  // used on the control thread only
 
-  std::mutex mu;
-  std::condition_variable idle;
-  std::deque<std::shared_ptr<SaveTask>> queue;  // guarded by mu; waiting to start
-  std::shared_ptr<SaveTask> running;            // guarded by mu
-  bool closing = false;                         // guarded by mu
+  mutable std::mutex mu;
+  std::deque<Operation> queue;         // guarded by mu; asked, not yet started
+  std::shared_ptr<SaveTask> running;   // guarded by mu; the save under way
+  bool closing = false;                // guarded by mu
+  PlanCacheReport plans;               // guarded by mu
 
+  bool alone() const { return coordinator->world_size() == 1; }
   std::shared_ptr<SaveTask> submit(const StateDict& sd, std::filesystem::path dir,
                                    const AsyncSaveOptions& o);
-  void plan(SaveTask& task);
-  void enqueue(const std::shared_ptr<SaveTask>& task);
-  void start(std::shared_ptr<SaveTask> task);
+  void enqueue(Operation op);
+  void run_next();
   void run(const std::shared_ptr<SaveTask>& task);
-  void on_written(const std::shared_ptr<SaveTask>& task, std::exception_ptr error,
-                  WriteResults results);
-  void end(const std::shared_ptr<SaveTask>& task, std::exception_ptr error);
+  void run(LoadTask& task);
+  void finish(LoadTask& task, std::exception_ptr error);
+  WriteResults write(SaveTask& task, FileSystemWriter& writer, const SavePlan& plan,
+                     SavePlanner& planner);
   void cancel(const std::shared_ptr<SaveTask>& task);
   void close();
 };
 
-// Runs the planner protocol for one rank and lays the files out; checks that
-// the save fits the ring when its mode needs that.
-void Checkpointer::Impl::plan(SaveTask& task) {
-  if (task.options.planner) {
-    task.planner = task.options.planner;
-  } else {
-    task.own_planner = std::make_unique<DefaultSavePlanner>();
-    task.planner = task.own_planner.get();
-  }
-  SavePlanner& planner = *task.planner;
-  task.writer = std::make_unique<detail::RankWriter>(task.dir, engine, task.options.overwrite);
-  planner.set_up_planner(*task.state_dict, true);
-  task.writer->set_up(true);
-  std::vector<SavePlan> local;
-  local.push_back(planner.create_local_plan());
-  auto [plans, metadata] = planner.create_global_plan(std::move(local));
-  plans.at(0).storage_data = data_prefix(0, new_save_generation());
-  task.plan = planner.finish_plan(std::move(plans.at(0)));
-  task.metadata = std::move(metadata);
-  task.planned = true;
-
-  const SaveLayout& layout = task.writer->lay_out(task.plan, task.plan.storage_data);
-  const std::uint64_t extent = engine->ring().slot_bytes();
-  std::uint64_t extents = 0;
-  for (const auto& f : layout.files) extents += detail::extent_count(f.size, extent);
-  if (extents <= engine->ring().slot_count()) return;
-  if (task.mode == StagingMode::snapshot) {
-    throw Error(ErrorCode::kInvalidArgument, task.dir.string(),
-                "snapshot staging needs a ring of " + std::to_string(extents * extent) +
-                    " bytes for this state dict, the ring holds " +
-                    std::to_string(engine->ring().total_bytes()) +
-                    ": raise IoOptions::ring_bytes or stage bounded");
-  }
-  if (task.mode == StagingMode::lazy) {
-    engine->note("lazy save larger than the staging ring: it stages as the disk drains the "
-                 "ring (bounded); raise IoOptions::ring_bytes for memory-speed staging");
-  }
-}
-
-void Checkpointer::Impl::enqueue(const std::shared_ptr<SaveTask>& task) {
-  std::weak_ptr<SaveTask> weak_task = task;
-  task->completions->set_cancel([weak_impl = self, weak_task] {
-    std::shared_ptr<Impl> impl = weak_impl.lock();  // none once ~Checkpointer has returned
-    std::shared_ptr<SaveTask> t = weak_task.lock();
-    if (impl && t) impl->cancel(t);
-  });
+void Checkpointer::Impl::enqueue(Operation op) {
   bool refused = false;
   {
     std::lock_guard lock(mu);
     if (closing) {
       refused = true;
-    } else if (running) {
-      queue.push_back(task);
-      return;
     } else {
-      running = task;
+      queue.push_back(op);
     }
   }
-  if (refused) {
-    task->completions->complete_committed(detail::save_cancelled(task->dir));
+  if (!refused) {
+    boost::asio::post(control, [this] { run_next(); });
     return;
   }
-  start(task);
+  if (auto* save = std::get_if<std::shared_ptr<SaveTask>>(&op)) {
+    (*save)->completions->complete_committed(detail::save_cancelled((*save)->dir));
+  } else {
+    auto& load = *std::get<std::shared_ptr<LoadTask>>(op);
+    finish(load, std::make_exception_ptr(Error(ErrorCode::kCancelled, load.dir.string(),
+                                               "load asked of a closing Checkpointer")));
+  }
 }
 
-// Plans (unless done already) and starts the job on the control thread, so
-// that a lazy or bounded async_save returns without planning.
-void Checkpointer::Impl::start(std::shared_ptr<SaveTask> task) {
-  boost::asio::post(control, [this, task = std::move(task)] { run(task); });
+// On the control thread: the oldest operation asked (one post per operation;
+// one removed by a cancel leaves a post that finds nothing).
+void Checkpointer::Impl::run_next() {
+  Operation op;
+  {
+    std::lock_guard lock(mu);
+    if (queue.empty()) return;
+    op = std::move(queue.front());
+    queue.pop_front();
+    if (auto* save = std::get_if<std::shared_ptr<SaveTask>>(&op)) running = *save;
+  }
+  if (auto* save = std::get_if<std::shared_ptr<SaveTask>>(&op)) {
+    run(*save);
+  } else {
+    run(*std::get<std::shared_ptr<LoadTask>>(op));
+  }
 }
 
 void Checkpointer::Impl::run(const std::shared_ptr<SaveTask>& task) {
-  std::shared_ptr<detail::SaveJob> job;
+  std::exception_ptr error;
   try {
+    std::exception_ptr refuse;
     {
       std::lock_guard lock(mu);
-      if (task->cancelled) std::rethrow_exception(detail::save_cancelled(task->dir));
+      if (task->cancelled) refuse = detail::save_cancelled(task->dir);
     }
-    if (!task->planned) plan(*task);
-    auto completions = task->completions;
-    job = task->writer->start(
-        task->plan, *task->planner,
-        {.staged = [completions, dir = task->dir.string()](std::exception_ptr error) {
-           completions->complete_staged(detail::as_error_ptr(error, dir));
-         },
-         .written = [this, task](std::exception_ptr error, WriteResults results) {
-           // Commit off the staging and I/O threads.
-           try {
-             boost::asio::post(control, [this, task, error, r = std::move(results)]() mutable {
-               on_written(task, error, std::move(r));
-             });
-           } catch (...) {
-             end(task, std::current_exception());
-           }
-         }});
+    DefaultSavePlanner own_planner;
+    SavePlanner& planner = task->options.planner ? *task->options.planner : own_planner;
+    std::unique_ptr<FileSystemWriter> writer =
+        SharedEngineWriter::open(task->dir, engine, task->options.overwrite);
+    detail::SaveProtocolOptions protocol;
+    protocol.cache = options.plan_caching && !task->options.planner ? &plan_cache : nullptr;
+    protocol.share_metadata = false;
+    protocol.refuse = refuse;
+    task->metadata = detail::run_save(
+        *task->state_dict, *writer, planner, *coordinator,
+        [&](const SavePlan& plan, SavePlanner& p) { return write(*task, *writer, plan, p); },
+        protocol);
   } catch (...) {
-    end(task, std::current_exception());
-    return;
+    error = std::current_exception();
   }
+  {
+    std::lock_guard lock(mu);
+    plans.cold = plan_cache.cold_plans;
+    plans.cached = plan_cache.cached_plans;
+    if (running == task) running.reset();
+  }
+  task->completions->complete_committed(detail::as_error_ptr(error, task->dir.string()));
+}
+
+// Step 3 of the protocol for one save: lays this rank's plan out, checks
+// that it fits the ring when its mode needs that, and runs its job to the
+// end; staged fires from the job.
+WriteResults Checkpointer::Impl::write(SaveTask& task, FileSystemWriter& writer,
+                                       const SavePlan& plan, SavePlanner& planner) {
+  detail::RankWriter& rank_writer = SharedEngineWriter::rank_writer(writer);
+  task.storage_data = plan.storage_data;
+  const SaveLayout& layout = rank_writer.lay_out(plan, plan.storage_data);
+  const std::uint64_t extent = engine->ring().slot_bytes();
+  std::uint64_t extents = 0;
+  for (const auto& f : layout.files) extents += detail::extent_count(f.size, extent);
+  if (extents > engine->ring().slot_count()) {
+    if (task.mode == StagingMode::snapshot) {
+      throw Error(ErrorCode::kInvalidArgument, task.dir.string(),
+                  "snapshot staging needs a ring of " + std::to_string(extents * extent) +
+                      " bytes for this state dict, the ring holds " +
+                      std::to_string(engine->ring().total_bytes()) +
+                      ": raise IoOptions::ring_bytes or stage bounded");
+    }
+    if (task.mode == StagingMode::lazy) {
+      engine->note("lazy save larger than the staging ring: it stages as the disk drains the "
+                   "ring (bounded); raise IoOptions::ring_bytes for memory-speed staging");
+    }
+  }
+  // Shared with the callback, which may still be inside set_value when this
+  // thread wakes and returns.
+  auto written = std::make_shared<std::promise<WriteResults>>();
+  std::future<WriteResults> done = written->get_future();
+  auto completions = task.completions;
+  std::shared_ptr<detail::SaveJob> job = rank_writer.start(
+      plan, planner,
+      {.staged = [completions, dir = task.dir.string()](std::exception_ptr error) {
+         completions->complete_staged(detail::as_error_ptr(error, dir));
+       },
+       .written = [written](std::exception_ptr error, WriteResults results) {
+         if (error) {
+           written->set_exception(error);
+         } else {
+           written->set_value(std::move(results));
+         }
+       }});
   bool cancel_now;
   {
     std::lock_guard lock(mu);
-    task->job = job;
-    cancel_now = task->cancelled;
+    task.job = job;
+    cancel_now = task.cancelled;
   }
   if (cancel_now) job->cancel();
-}
-
-void Checkpointer::Impl::on_written(const std::shared_ptr<SaveTask>& task,
-                                    std::exception_ptr error, WriteResults results) {
-  if (!error) {
-    std::lock_guard lock(mu);
-    // cancel() came after the job's end.
-    if (task->cancelled) error = detail::save_cancelled(task->dir);
+  std::exception_ptr error;
+  WriteResults results;
+  try {
+    results = done.get();
+  } catch (...) {
+    error = std::current_exception();
   }
-  if (!error) {
-    try {
-      std::vector<WriteResults> all{std::move(results)};
-      task->writer->commit(task->metadata, all);
-      add_results(task->metadata, all);
-    } catch (...) {
-      error = std::current_exception();
-    }
-  }
-  if (error) task->writer->abort();
-  end(task, error);
-}
-
-// The one way a save ends: its completions fire (outside mu), and the next
-// queued save starts.
-void Checkpointer::Impl::end(const std::shared_ptr<SaveTask>& task, std::exception_ptr error) {
-  task->completions->complete_committed(detail::as_error_ptr(error, task->dir.string()));
-  std::shared_ptr<SaveTask> next;
+  bool cancelled;
   {
     std::lock_guard lock(mu);
-    if (running == task) running.reset();
-    if (!running && !queue.empty()) {
-      next = running = std::move(queue.front());
-      queue.pop_front();
-    }
-    idle.notify_all();
+    task.job.reset();
+    cancelled = task.cancelled;  // cancel() may have come after the job's end
   }
-  if (next) start(std::move(next));
+  if (error) std::rethrow_exception(error);
+  if (cancelled) std::rethrow_exception(detail::save_cancelled(task.dir));
+  return results;
 }
 
+void Checkpointer::Impl::run(LoadTask& task) {
+  std::exception_ptr error;
+  try {
+    detail::translating_errors(task.dir.string(), [&] {
+      std::unique_ptr<FileSystemReader> reader = SharedEngineReader::open(task.dir, engine);
+      detail::load_with(*task.state_dict, *reader, task.planner, coordinator.get());
+    });
+  } catch (...) {
+    error = detail::as_error_ptr(std::current_exception(), task.dir.string());
+  }
+  finish(task, error);
+}
+
+void Checkpointer::Impl::finish(LoadTask& task, std::exception_ptr error) {
+  if (task.handler) {
+    poster->post(std::move(task.handler->handler), error);
+  } else if (error) {
+    task.done.set_exception(error);
+  } else {
+    task.done.set_value();
+  }
+}
+
+// Marks the save cancelled and stops its job if it runs. Alone, a save still
+// queued ends at once; on N ranks it runs its collectives (as refused), since
+// the other ranks run them.
 void Checkpointer::Impl::cancel(const std::shared_ptr<SaveTask>& task) {
   std::shared_ptr<detail::SaveJob> job;
   bool was_queued = false;
   {
     std::lock_guard lock(mu);
-    for (auto it = queue.begin(); it != queue.end(); ++it) {
-      if (*it == task) {
-        queue.erase(it);
-        was_queued = true;
-        break;
+    task->cancelled = true;
+    job = task->job;
+    if (alone()) {
+      for (auto it = queue.begin(); it != queue.end(); ++it) {
+        auto* save = std::get_if<std::shared_ptr<SaveTask>>(&*it);
+        if (save && *save == task) {
+          queue.erase(it);
+          was_queued = true;
+          break;
+        }
       }
-    }
-    if (running == task) {
-      job = task->job;
-      task->cancelled = true;  // seen by run() if the job has not started yet
     }
   }
   if (was_queued) task->completions->complete_committed(detail::save_cancelled(task->dir));
@@ -264,28 +300,33 @@ void Checkpointer::Impl::cancel(const std::shared_ptr<SaveTask>& task) {
 // Cancels what has not committed, then stops every thread; plain callbacks
 // posted by then have run when it returns.
 void Checkpointer::Impl::close() {
-  std::deque<std::shared_ptr<SaveTask>> queued;
+  std::deque<Operation> dropped;
   std::shared_ptr<detail::SaveJob> job;
   {
     std::lock_guard lock(mu);
     closing = true;
-    queued.swap(queue);
+    for (auto& op : queue) {
+      if (auto* save = std::get_if<std::shared_ptr<SaveTask>>(&op)) (*save)->cancelled = true;
+    }
+    if (alone()) dropped.swap(queue);
     if (running) {
-      job = running->job;
       running->cancelled = true;
+      job = running->job;
     }
   }
-  for (auto& t : queued) t->completions->complete_committed(detail::save_cancelled(t->dir));
-  if (job) job->cancel();
-  {
-    std::unique_lock lock(mu);
-    idle.wait(lock, [&] { return !running; });
+  for (auto& op : dropped) {
+    if (auto* save = std::get_if<std::shared_ptr<SaveTask>>(&op)) {
+      (*save)->completions->complete_committed(detail::save_cancelled((*save)->dir));
+    } else {
+      auto& load = *std::get<std::shared_ptr<LoadTask>>(op);
+      finish(load, std::make_exception_ptr(Error(ErrorCode::kCancelled, load.dir.string(),
+                                                 "Checkpointer destroyed before the load ran")));
+    }
   }
+  if (job) job->cancel();
   control.join();
-  loads.join();
-  // A staging thread may still be inside post(control, ...) (signalling its
-  // condition variable after the handler already ran): let it return before
-  // control is destroyed.
+  // A staging thread may still be inside a callback of a finished job: let
+  // it return before what it reaches is destroyed.
   engine->staging_pool().join();
   poster->close();
 }
@@ -294,9 +335,20 @@ void Checkpointer::Impl::close() {
 Checkpointer::Checkpointer(CheckpointerOptions options) try : impl_(std::make_shared<Impl>()) {
   impl_->self = impl_;
   impl_->options = std::move(options);
+  impl_->coordinator = std::make_unique<SingleProcess>();
   impl_->engine = std::make_shared<detail::IoEngine>(impl_->options.io);
 } catch (...) {
   detail::rethrow_as_error("Checkpointer");
+}
+
+Checkpointer::Checkpointer(CheckpointerOptions options, Coordinator& coordinator) try
+    : impl_(std::make_shared<Impl>()) {
+  impl_->self = impl_;
+  impl_->options = std::move(options);
+  impl_->coordinator = coordinator.duplicate();
+  impl_->engine = std::make_shared<detail::IoEngine>(impl_->options.io);
+} catch (...) {
+  detail::rethrow_as_error("Checkpointer on rank " + std::to_string(coordinator.rank()));
 }
 
 Checkpointer::~Checkpointer() { impl_->close(); }
@@ -310,22 +362,24 @@ std::shared_ptr<SaveTask> Checkpointer::Impl::submit(const StateDict& state_dict
   task->options = o;
   task->mode = o.mode.value_or(options.default_mode);
   task->dir = std::move(dir);
-  // A snapshot save blocks its caller anyway: plan here, so that a state dict
-  // that does not fit the ring is refused at once.
-  if (task->mode == StagingMode::snapshot) {
-    detail::translating_errors(task->dir.string(), [&] { plan(*task); });
-  }
+  std::weak_ptr<SaveTask> weak_task = task;
+  task->completions->set_cancel([weak_impl = self, weak_task] {
+    std::shared_ptr<Impl> impl = weak_impl.lock();  // none once ~Checkpointer has returned
+    std::shared_ptr<SaveTask> t = weak_task.lock();
+    if (impl && t) impl->cancel(t);
+  });
   enqueue(task);
-  if (task->mode == StagingMode::snapshot) task->completions->staged().wait();
   return task;
 }
 
 SaveHandle Checkpointer::async_save(const StateDict& state_dict, std::filesystem::path dir,
                                     AsyncSaveOptions options) {
   const std::string where = dir.string();
-  return detail::translating_errors(where, [&] {
-    return SaveHandle(impl_->submit(state_dict, std::move(dir), options)->completions);
-  });
+  std::shared_ptr<SaveTask> task = detail::translating_errors(
+      where, [&] { return impl_->submit(state_dict, std::move(dir), options); });
+  // A snapshot save returns once staged, and throws what failed it by then.
+  if (task->mode == StagingMode::snapshot) task->completions->staged().get();
+  return SaveHandle(task->completions);
 }
 
 void Checkpointer::start_save(const StateDict& state_dict, std::filesystem::path dir,
@@ -334,59 +388,72 @@ void Checkpointer::start_save(const StateDict& state_dict, std::filesystem::path
   const std::string where = dir.string();
   try {
     task = impl_->submit(state_dict, std::move(dir), options);
+    if (task->mode == StagingMode::snapshot) task->completions->staged().wait();
   } catch (...) {
-    // Snapshot planning (already an Error naming the directory), or out of memory.
     impl_->poster->post(std::move(handler), detail::as_error_ptr(std::current_exception(), where));
     return;
   }
   task->completions->when_committed(std::move(handler));
 }
 
+namespace {
+
+// The committed metadata.json of `task`, read back on a rank other than 0.
+Metadata read_committed(const SaveTask& task) {
+  Metadata metadata = read_metadata(task.dir);
+  if (task.storage_data.empty()) return metadata;
+  for (const FileInfo& file : metadata.files) {
+    if (file.relative_path.starts_with(task.storage_data)) return metadata;
+  }
+  throw Error(ErrorCode::kNotFound, (task.dir / kMetadataFile).string(),
+              "does not list this rank's files of the save just committed (" + task.storage_data +
+                  "*): replaced since?");
+}
+
+}  // namespace
+
 Metadata Checkpointer::save(const StateDict& state_dict, const std::filesystem::path& dir,
                             AsyncSaveOptions options) {
   return detail::translating_errors(dir.string(), [&] {
     std::shared_ptr<SaveTask> task = impl_->submit(state_dict, dir, options);
     task->completions->committed().get();
-    return task->metadata;  // with storage_data and files, as committed
+    if (impl_->coordinator->is_coordinator()) return task->metadata;
+    return read_committed(*task);
   });
 }
 
 void Checkpointer::load(StateDict& state_dict, const std::filesystem::path& dir,
                         LoadPlanner* planner) {
-  detail::translating_errors(dir.string(), [&] {
-    std::unique_ptr<FileSystemReader> reader = SharedEngineReader::open(dir, impl_->engine);
-    detail::load_with(state_dict, *reader, planner, nullptr);
-  });
+  auto task = std::make_shared<LoadTask>();
+  task->state_dict = &state_dict;
+  task->dir = dir;
+  task->planner = planner;
+  std::future<void> loaded = task->done.get_future();
+  impl_->enqueue(task);
+  loaded.get();
 }
 
 void Checkpointer::start_load(StateDict& state_dict, std::filesystem::path dir,
                               LoadPlanner* planner, AnyCompletionHandler handler) {
-  Impl& m = *impl_;
-  PendingHandler pending(std::move(handler));
-  std::unique_lock lock(m.mu);
-  if (m.closing) {
-    lock.unlock();
-    m.poster->post(std::move(pending.handler),
-                   std::make_exception_ptr(Error(ErrorCode::kCancelled, dir.string(),
-                                                 "load asked of a closing Checkpointer")));
-    return;
-  }
-  // Posted under mu, so that close() (which sets closing under mu first) joins
-  // the load thread only after it.
-  boost::asio::post(m.loads, [this, &state_dict, dir = std::move(dir), planner,
-                              p = std::move(pending)]() mutable {
-    std::exception_ptr error;
-    try {
-      load(state_dict, dir, planner);
-    } catch (...) {
-      error = detail::as_error_ptr(std::current_exception(), dir.string());
-    }
-    impl_->poster->post(std::move(p.handler), error);
-  });
+  auto task = std::make_shared<LoadTask>();
+  task->state_dict = &state_dict;
+  task->dir = std::move(dir);
+  task->planner = planner;
+  task->handler.emplace(std::move(handler));
+  impl_->enqueue(task);
 }
 
 const CheckpointerOptions& Checkpointer::options() const noexcept { return impl_->options; }
 
 IoReport Checkpointer::report() const { return impl_->engine->report(); }
+
+PlanCacheReport Checkpointer::plan_cache() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->plans;
+}
+
+int Checkpointer::rank() const noexcept { return impl_->coordinator->rank(); }
+
+int Checkpointer::world_size() const noexcept { return impl_->coordinator->world_size(); }
 
 }  // namespace ringckpt

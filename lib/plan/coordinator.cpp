@@ -29,6 +29,10 @@ std::string SingleProcess::scatter(std::vector<std::string> payloads) {
 
 std::string SingleProcess::broadcast(std::string payload) { return payload; }
 
+std::unique_ptr<Coordinator> SingleProcess::duplicate() {
+  return std::make_unique<SingleProcess>();
+}
+
 // ---------------------------------------------------------------------------
 // ThreadGroup
 //
@@ -40,16 +44,20 @@ std::string SingleProcess::broadcast(std::string payload) { return payload; }
 // Invariant: a round's outputs stay untouched until every member has taken
 // its own, because the next round completes only once every member has
 // arrived, and a member arrives only after taking its previous output.
+//
+// A member that waits longer than the timeout breaks the group: the round
+// never completes, every member waiting in it (and every later call) throws.
 
 namespace {
 
-enum class Collective { kGather, kScatter, kBroadcast };
+enum class Collective { kGather, kScatter, kBroadcast, kDuplicate };
 
 const char* name(Collective c) {
   switch (c) {
     case Collective::kGather: return "gather";
     case Collective::kScatter: return "scatter";
     case Collective::kBroadcast: return "broadcast";
+    case Collective::kDuplicate: return "duplicate";
   }
   return "?";
 }
@@ -57,9 +65,11 @@ const char* name(Collective c) {
 }  // namespace
 
 struct ThreadGroup::Shared {
-  explicit Shared(int n) : world_size(n), inputs(n), outputs(n) {}
+  Shared(int n, std::chrono::milliseconds t)
+      : world_size(n), timeout(t), inputs(n), outputs(n), present(n, false) {}
 
   const int world_size;
+  const std::chrono::milliseconds timeout;
   std::mutex mu;
   std::condition_variable cv;
   // Guarded by mu.
@@ -71,11 +81,15 @@ struct ThreadGroup::Shared {
   std::vector<std::string> scatter_input; // rank 0's payloads, for scatter
   std::vector<std::string> outputs;       // one per rank
   std::vector<std::string> gathered;      // rank 0's output, for gather
+  std::vector<bool> present;              // which ranks have arrived this round
+  std::shared_ptr<Shared> duplicated;     // the new group of a duplicate round
   std::string error;                      // set if the round failed; every member throws it
+  std::string broken;                     // set once a round timed out; every call throws it
 
   // Called by the last member to arrive. Computes the round's outputs.
   void complete() {
     error.clear();
+    duplicated.reset();
     if (mixed) {
       error = "ranks called different collectives at once";
     } else if (kind == Collective::kGather) {
@@ -84,6 +98,8 @@ struct ThreadGroup::Shared {
     } else if (kind == Collective::kBroadcast) {
       for (int r = 1; r < world_size; ++r) outputs[r] = inputs[0];
       outputs[0] = std::move(inputs[0]);
+    } else if (kind == Collective::kDuplicate) {
+      duplicated = std::make_shared<Shared>(world_size, timeout);
     } else if (scatter_input.size() != static_cast<std::size_t>(world_size)) {
       error = "rank 0 scattered " + std::to_string(scatter_input.size()) + " payloads to " +
               std::to_string(world_size) + " ranks";
@@ -92,9 +108,23 @@ struct ThreadGroup::Shared {
     }
     scatter_input.clear();
     for (auto& in : inputs) in.clear();
+    present.assign(world_size, false);
     mixed = false;
     arrived = 0;
     ++generation;
+  }
+
+  // Breaks the group: the round under way will never complete.
+  // REQUIRES: mu held.
+  void break_round(Collective waited) {
+    std::string missing;
+    for (int r = 0; r < world_size; ++r) {
+      if (present[r]) continue;
+      missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+    }
+    broken = "rank " + missing + " did not reach " + name(waited) + " within " +
+             std::to_string(timeout.count()) + " ms (died, or called other collectives)";
+    cv.notify_all();
   }
 };
 
@@ -127,6 +157,12 @@ class ThreadGroup::Member final : public Coordinator {
     return out;
   }
 
+  std::unique_ptr<Coordinator> duplicate() override {
+    std::shared_ptr<Shared> group;
+    round(Collective::kDuplicate, {}, {}, [&](Shared& s) { group = s.duplicated; });
+    return std::make_unique<Member>(std::move(group), rank_);
+  }
+
  private:
   // Deposits this member's input, waits for the round to complete, and runs
   // `take` (under the mutex) to collect this member's output.
@@ -135,19 +171,25 @@ class ThreadGroup::Member final : public Coordinator {
              Take take) {
     Shared& s = *shared_;
     std::unique_lock lock(s.mu);
+    if (!s.broken.empty()) throw Error(ErrorCode::kIo, "ThreadGroup", s.broken);
     if (s.arrived == 0) {
       s.kind = kind;
     } else if (s.kind != kind) {
       s.mixed = true;
     }
     s.inputs[rank_] = std::move(payload);
+    s.present[rank_] = true;
     if (rank_ == 0 && kind == Collective::kScatter) s.scatter_input = std::move(scatter_payloads);
     const std::uint64_t generation = s.generation;
     if (++s.arrived == s.world_size) {
       s.complete();
       s.cv.notify_all();
     } else {
-      s.cv.wait(lock, [&] { return s.generation != generation; });
+      const bool done = s.cv.wait_for(lock, s.timeout, [&] {
+        return s.generation != generation || !s.broken.empty();
+      });
+      if (!done) s.break_round(kind);
+      if (s.generation == generation) throw Error(ErrorCode::kIo, "ThreadGroup", s.broken);
     }
     // The error of this round is still in place: the next round cannot
     // complete before this member arrives at it.
@@ -159,12 +201,16 @@ class ThreadGroup::Member final : public Coordinator {
   const int rank_;
 };
 
-ThreadGroup::ThreadGroup(int world_size) {
+ThreadGroup::ThreadGroup(int world_size, std::chrono::milliseconds timeout) {
   if (world_size < 1) {
     throw Error(ErrorCode::kInvalidArgument, "ThreadGroup",
                 "world size " + std::to_string(world_size) + " is not positive");
   }
-  shared_ = std::make_shared<Shared>(world_size);
+  if (timeout <= std::chrono::milliseconds::zero()) {
+    throw Error(ErrorCode::kInvalidArgument, "ThreadGroup",
+                "timeout " + std::to_string(timeout.count()) + " ms is not positive");
+  }
+  shared_ = std::make_shared<Shared>(world_size, timeout);
   members_.reserve(static_cast<std::size_t>(world_size));
   for (int r = 0; r < world_size; ++r) members_.push_back(std::make_unique<Member>(shared_, r));
 }

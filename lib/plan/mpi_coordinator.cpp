@@ -88,6 +88,31 @@ MpiCoordinator::MpiCoordinator(MPI_Comm comm) : comm_(comm) {
   check(MPI_Comm_size(comm_, &size_), "MPI_Comm_size", rank_);
 }
 
+MpiCoordinator::MpiCoordinator(MPI_Comm comm, Owned) : MpiCoordinator(comm) { owned_ = true; }
+
+MpiCoordinator::~MpiCoordinator() {
+  if (!owned_) return;
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Comm_free(&comm_);
+}
+
+std::unique_ptr<Coordinator> MpiCoordinator::duplicate() {
+  // Checked alike on every rank (the level is the job's), so that all refuse
+  // before the collective MPI_Comm_dup.
+  int provided = MPI_THREAD_SINGLE;
+  check(MPI_Query_thread(&provided), "MPI_Query_thread", rank_);
+  if (provided != MPI_THREAD_MULTIPLE) {
+    throw Error(ErrorCode::kInvalidArgument, "MPI rank " + std::to_string(rank_),
+                "a Checkpointer runs MPI collectives on its own thread: initialize MPI with "
+                "MPI_Init_thread(..., MPI_THREAD_MULTIPLE, ...) (provided level " +
+                    std::to_string(provided) + ")");
+  }
+  MPI_Comm dup = MPI_COMM_NULL;
+  check(MPI_Comm_dup(comm_, &dup), "MPI_Comm_dup", rank_);
+  return std::unique_ptr<Coordinator>(new MpiCoordinator(dup, Owned{}));
+}
+
 std::vector<std::string> MpiCoordinator::gather(std::string payload) {
   // Sizes travel in 64 bits, so that rank 0 sees a payload too large for an
   // int count as it is, and the layout is checked before MPI_Gatherv.

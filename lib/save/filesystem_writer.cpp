@@ -8,6 +8,7 @@
 #include "format/error_translation.hpp"
 #include "io/io_engine.hpp"
 #include "save/rank_writer.hpp"
+#include "save/shared_engine_writer.hpp"
 
 namespace ringckpt {
 
@@ -16,6 +17,8 @@ namespace ringckpt {
 struct FileSystemWriter::Impl {
   Impl(std::filesystem::path d, IoOptions io, bool overwrite)
       : dir(d.string()), writer(std::move(d), std::move(io), overwrite) {}
+  Impl(std::filesystem::path d, std::shared_ptr<detail::IoEngine> engine, bool overwrite)
+      : dir(d.string()), writer(std::move(d), std::move(engine), overwrite) {}
   std::string dir;  // the checkpoint directory, as errors name it
   detail::RankWriter writer;
   int rank = 0;
@@ -24,7 +27,20 @@ struct FileSystemWriter::Impl {
 FileSystemWriter::FileSystemWriter(std::filesystem::path dir, IoOptions io, bool overwrite)
     : impl_(std::make_unique<Impl>(std::move(dir), std::move(io), overwrite)) {}
 
+FileSystemWriter::FileSystemWriter(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
 FileSystemWriter::~FileSystemWriter() = default;
+
+std::unique_ptr<FileSystemWriter> SharedEngineWriter::open(std::filesystem::path dir,
+                                                           std::shared_ptr<detail::IoEngine> engine,
+                                                           bool overwrite) {
+  return std::unique_ptr<FileSystemWriter>(new FileSystemWriter(
+      std::make_unique<FileSystemWriter::Impl>(std::move(dir), std::move(engine), overwrite)));
+}
+
+detail::RankWriter& SharedEngineWriter::rank_writer(FileSystemWriter& writer) {
+  return writer.impl_->writer;
+}
 
 bool FileSystemWriter::validate_checkpoint_id(const std::filesystem::path& checkpoint_id) noexcept {
   try {

@@ -1,0 +1,132 @@
+// lib/drivers/protocol_steps.hpp — the pieces every collective protocol of
+// ringckpt (save, load) is made of.
+//
+// Every payload travels as a wire::RankStatus: OK with the step's encoded
+// result, or the failure of the rank that raised it. A failure is passed on
+// unchanged from step to step, so that the error every rank finally throws
+// names the rank that failed and keeps its code, where and message. Every
+// rank takes part in every collective of a protocol, failed or not: none is
+// left waiting in one the others skipped.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "format/error_translation.hpp"
+#include "plan/wire_codec.hpp"
+#include "ringckpt/coordinator.hpp"
+#include "ringckpt/error.hpp"
+
+namespace ringckpt::detail {
+
+// A failure another rank reported, on its way to being passed on as is.
+struct Relayed {
+  std::string status;
+};
+
+// One step of the protocol on `rank`: the payload `step` returns in an OK
+// status, or what it raised as this rank's failure (or a Relayed one as is).
+template <typename F>
+std::string guarded(int rank, F&& step) {
+  try {
+    return wire::encode_ok(step());
+  } catch (const Relayed& relayed) {
+    return relayed.status;
+  } catch (...) {
+    // Whatever a planner or storage throws (out of memory included), this
+    // rank stays in the protocol and reports it as an Error.
+    try {
+      const Error e = as_error(std::current_exception(), "");
+      return wire::encode_failure({rank, e.code(), e.where(), e.message()});
+    } catch (...) {
+      // No memory even to describe the failure: a status of a few bytes,
+      // so that this rank still reports rather than leaving the protocol.
+      return wire::encode_failure({rank, ErrorCode::kIo, "", "out of memory"});
+    }
+  }
+}
+
+inline std::string from(std::string_view what, int rank) {
+  return std::string(what) + " from rank " + std::to_string(rank);
+}
+
+// The payload of a status another rank sent; `source` names it in errors.
+// A failure it carries is thrown as Relayed.
+// REQUIRES: called inside guarded(), which catches Relayed.
+inline std::string payload(std::string status, const std::string& source) {
+  wire::RankStatus s = wire::decode_status(status, source);
+  if (s.failure) throw Relayed{std::move(status)};
+  return std::move(s.payload);
+}
+
+// Whether `status` (decodable or not) reports success.
+inline bool succeeded(std::string_view status) {
+  try {
+    return !wire::decode_status(status, "status").failure;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+// The end of a protocol on every rank: throws the failure that rank 0
+// broadcast, if any; else returns the payload it broadcast.
+inline std::string conclude(const std::string& outcome) {
+  wire::RankStatus s = wire::decode_status(outcome, "outcome from rank 0");
+  if (s.failure) throw wire::to_error(*s.failure);
+  return std::move(s.payload);
+}
+
+// Throws unless the global plan step produced one plan per rank: a scatter of
+// any other count would fail on rank 0 alone and leave the others waiting.
+inline void check_plan_count(std::size_t plans, int world_size) {
+  if (plans != static_cast<std::size_t>(world_size)) {
+    throw Error(ErrorCode::kInvalidArgument, "create_global_plan",
+                std::to_string(plans) + " plans for " + std::to_string(world_size) + " ranks");
+  }
+}
+
+// The payloads of the statuses gathered from every rank, each decoded with
+// decode(bytes, source, rank); `status_name` and `payload_name` name rank r's
+// in errors. The first failure among them is thrown as Relayed.
+// REQUIRES: called inside guarded().
+template <typename Decode>
+auto decode_each(std::vector<std::string>& statuses, std::string_view status_name,
+                 std::string_view payload_name, Decode&& decode) {
+  std::vector<decltype(decode(std::string_view(), std::string(), 0))> out;
+  out.reserve(statuses.size());
+  for (int r = 0; r < static_cast<int>(statuses.size()); ++r) {
+    const std::string bytes = payload(std::move(statuses[r]), from(status_name, r));
+    out.push_back(decode(bytes, from(payload_name, r), r));
+  }
+  return out;
+}
+
+// Step 2 of both protocols, on every rank: the coordinator turns the local
+// plans gathered in `locals` into one encoded payload per rank
+// (`global_payloads`, inside guarded), and each rank receives its own, or the
+// failure of this step. Returns this rank's status.
+template <typename GlobalPayloads>
+std::string scatter_global(Coordinator& c, GlobalPayloads&& global_payloads) {
+  std::vector<std::string> centrals;
+  if (c.is_coordinator()) {
+    std::vector<std::string> encoded;
+    bool planned = false;
+    const std::string status = guarded(c.rank(), [&] {
+      encoded = global_payloads();
+      check_plan_count(encoded.size(), c.world_size());
+      for (auto& g : encoded) g = wire::encode_ok(g);
+      planned = true;
+      return std::string();
+    });
+    if (planned) {
+      centrals = std::move(encoded);
+    } else {
+      centrals.assign(static_cast<std::size_t>(c.world_size()), status);
+    }
+  }
+  return c.scatter(std::move(centrals));
+}
+
+}  // namespace ringckpt::detail

@@ -1,0 +1,51 @@
+#!/bin/sh
+# test/mpi_ranks.sh MPIRUN TEST_MPI_RANKS — the Checkpointer on MPI ranks,
+# step by step (test/test_mpi_ranks.cpp): a checkpoint saved by 3 ranks,
+# loaded by 2, by 4 and by one plain process; plan caching; a rank that
+# throws; a rank that dies (mpirun must exit non-zero in time); the
+# MPI_THREAD_MULTIPLE check. Every step runs under a time limit.
+set -u
+
+me=mpi_ranks
+fail() {
+  echo "$me: FAIL: $*" >&2
+  exit 1
+}
+[ $# -eq 2 ] || fail "usage: $0 MPIRUN TEST_MPI_RANKS"
+mpirun=$1
+exe=$2
+dir=$(mktemp -d /var/tmp/mpi_ranks.XXXXXX) || fail "no scratch directory"
+trap 'rm -rf "$dir"' EXIT
+
+# run LIMIT_S N CASE: CASE on N ranks (N=0: one process without mpirun).
+run() {
+  limit=$1 n=$2 case=$3
+  echo "$me: $case on $n ranks"
+  if [ "$n" -eq 0 ]; then
+    timeout "$limit" "$exe" --run_test="$case" -- "$dir"
+  else
+    timeout "$limit" "$mpirun" -n "$n" --oversubscribe --allow-run-as-root \
+      --mca btl self,vader "$exe" --run_test="$case" -- "$dir"
+  fi
+}
+
+export OMPI_MCA_rmaps_base_oversubscribe=1
+run 120 3 save_by_three || fail "save by 3 ranks"
+run 120 2 load_own_part || fail "load by 2 ranks"
+run 120 4 load_own_part || fail "load by 4 ranks"
+run 120 0 load_whole || fail "load by one process"
+run 120 3 plan_caching || fail "plan caching on 3 ranks"
+run 120 3 one_rank_throws || fail "a rank that throws"
+RINGCKPT_TEST_MPI_FUNNELED=1 run 60 2 needs_thread_multiple || fail "the MPI_THREAD_MULTIPLE check"
+
+start=$(date +%s)
+run 60 3 one_rank_dies
+rc=$?
+took=$(( $(date +%s) - start ))
+[ "$rc" -ne 0 ] || fail "mpirun exited 0 with a dead rank"
+# timeout exits 124 when it stops mpirun; mpirun itself exits 128+9 when a
+# rank was killed.
+[ "$rc" -ne 124 ] && [ "$took" -lt 60 ] || fail "mpirun still ran after 60 s with a dead rank"
+[ -e "$dir/died/metadata.json" ] && fail "a save with a dead rank left metadata.json"
+echo "$me: a dead rank ended the job in ${took} s (mpirun exit $rc)"
+echo "$me: PASS"
