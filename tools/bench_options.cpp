@@ -39,7 +39,14 @@ po::options_description bench_options() {
       ("train", po::value<std::string>(),
        "simulate a training loop of this many steps instead (lazy saves)")
       ("step-ms", po::value<std::string>(), "--train: compute time of one step in ms (default 100)")
-      ("every", po::value<std::string>(), "--train: save every K steps (default 10)");
+      ("every", po::value<std::string>(), "--train: save every K steps (default 10)")
+      ("ranks", po::value<std::string>(),
+       "N: run under `mpirun -n N`; every rank saves its shard of one model into one "
+       "checkpoint, against N writers of the same bytes")
+      ("plan-ranks", po::value<std::string>(),
+       "R: planning only, R ranks as threads: the coordinator's global plan, cold and "
+       "cached, and a resharding plan")
+      ("entries", po::value<std::string>(), "--plan-ranks: entries per rank (default 1000)");
   return d;
 }
 
@@ -130,6 +137,22 @@ std::optional<BenchOptions> parse_options(const std::vector<std::string>& args) 
   } else if (vm.count("every") || vm.count("step-ms")) {
     throw UsageError(std::string("--") + (vm.count("every") ? "every" : "step-ms") +
                      " only applies with --train STEPS");
+  }
+  const int runs = (vm.count("train") ? 1 : 0) + (vm.count("ranks") ? 1 : 0) +
+                   (vm.count("plan-ranks") ? 1 : 0);
+  if (runs > 1) throw UsageError("--train, --ranks and --plan-ranks are separate runs: pick one");
+  if (vm.count("ranks")) {
+    o.ranks = static_cast<unsigned>(parse_count("ranks", vm["ranks"].as<std::string>(), 1, 65536));
+  }
+  if (vm.count("plan-ranks")) {
+    o.plan_ranks =
+        static_cast<unsigned>(parse_count("plan-ranks", vm["plan-ranks"].as<std::string>(), 1, 8192));
+    if (vm.count("entries")) {
+      o.entries = static_cast<unsigned>(
+          parse_count("entries", vm["entries"].as<std::string>(), 2, 1'000'000));
+    }
+  } else if (vm.count("entries")) {
+    throw UsageError("--entries only applies with --plan-ranks R");
   }
   return o;
 }

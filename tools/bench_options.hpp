@@ -34,6 +34,11 @@ struct BenchOptions {
   std::uint64_t train_steps = 0;  // 0: no training simulation
   double step_ms = 100;
   std::uint64_t every = 10;
+  // --ranks (under mpirun; 0: not this run)
+  unsigned ranks = 0;
+  // --plan-ranks (0: not this run)
+  unsigned plan_ranks = 0;
+  unsigned entries = 1000;
 };
 
 // Parses the arguments after `bench` (Boost.Program_options). Returns nullopt

@@ -14,4 +14,12 @@ int run_main_bench(const BenchOptions& o);
 // --train: a training-loop simulation with a lazy save every K steps.
 int run_train(const BenchOptions& o);
 
+// --ranks N, under mpirun: every rank saves its shard of one model into one
+// checkpoint (sync and lazy) against N writers of the same bytes; rank 0
+// reports.
+int run_ranks_bench(const BenchOptions& o);
+
+// --plan-ranks R: planning only, ranks as threads.
+int run_plan_bench(const BenchOptions& o);
+
 }  // namespace ringckpt::tools::bench

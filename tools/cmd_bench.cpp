@@ -15,7 +15,10 @@ int run_bench(const std::vector<std::string>& args) {
   try {
     std::optional<bench::BenchOptions> o = bench::parse_options(args);
     if (!o) return 0;
-    return o->train_steps > 0 ? bench::run_train(*o) : bench::run_main_bench(*o);
+    if (o->train_steps > 0) return bench::run_train(*o);
+    if (o->ranks > 0) return bench::run_ranks_bench(*o);
+    if (o->plan_ranks > 0) return bench::run_plan_bench(*o);
+    return bench::run_main_bench(*o);
   } catch (const bench::UsageError& e) {
     std::cerr << "ringckpt bench: " << e.what() << "\n";
     return 2;

@@ -118,7 +118,7 @@ using AnyCompletionHandler = boost::asio::any_completion_handler<CompletionSigna
 // the save; a snapshot async_save queues it and waits until staged; load
 // queues the load and waits; async_load queues it. Planning errors arrive
 // through both completions (and the token); a snapshot async_save(dir)
-// throws the error that failed its staging, planning included.
+// throws a planning error (its own, or another rank's) instead of returning.
 //
 // On N ranks, a save fails on every rank if it fails on one (its planner or
 // storage throws, its disk is full, it is cancelled there, its Checkpointer

@@ -52,7 +52,7 @@ std::string rank_name(Coordinator* coordinator) {
 namespace detail {
 
 Metadata save_with(const StateDict& state_dict, StorageWriter& writer, SavePlanner* planner,
-                   Coordinator* coordinator) {
+                   Coordinator* coordinator, const std::string& where) {
   SingleProcess single;
   Coordinator& c = coordinator ? *coordinator : single;
   DefaultSavePlanner default_planner;
@@ -60,11 +60,11 @@ Metadata save_with(const StateDict& state_dict, StorageWriter& writer, SavePlann
   return run_save(
       state_dict, writer, p, c,
       [&](const SavePlan& plan, SavePlanner& planner) { return writer.write_data(plan, planner); },
-      {});
+      {.where = where});
 }
 
 void load_with(StateDict& state_dict, StorageReader& reader, LoadPlanner* planner,
-               Coordinator* coordinator) {
+               Coordinator* coordinator, const std::string& where) {
   SingleProcess single;
   Coordinator& c = coordinator ? *coordinator : single;
   DefaultLoadPlanner default_planner;
@@ -75,7 +75,7 @@ void load_with(StateDict& state_dict, StorageReader& reader, LoadPlanner* planne
 
   // 1. Local plans, gathered at the coordinator.
   Metadata metadata;
-  std::vector<std::string> locals = c.gather(guarded(rank, [&] {
+  std::vector<std::string> locals = c.gather(guarded(rank, where, [&] {
     metadata = reader.read_metadata();
     p.set_up_planner(state_dict, metadata, is_coordinator);
     reader.set_up_storage_reader(metadata, is_coordinator);
@@ -85,7 +85,7 @@ void load_with(StateDict& state_dict, StorageReader& reader, LoadPlanner* planne
   }));
 
   // 2. The global plan, scattered back.
-  const std::string central = detail::scatter_global(c, [&] {
+  const std::string central = detail::scatter_global(c, where, [&] {
     std::vector<LoadPlan> plans = detail::decode_each(
         locals, "local plan status", "local load plan",
         [](std::string_view bytes, const std::string& source, int) {
@@ -100,7 +100,7 @@ void load_with(StateDict& state_dict, StorageReader& reader, LoadPlanner* planne
 
   // 3. Every rank reads its part; the coordinator gathers how it went and
   // every rank learns the outcome.
-  std::vector<std::string> statuses = c.gather(guarded(rank, [&] {
+  std::vector<std::string> statuses = c.gather(guarded(rank, where, [&] {
     LoadPlan plan = wire::decode_load_plan(payload(central, from("global plan status", 0)),
                                            from("global load plan", 0));
     reader.read_data(p.finish_plan(std::move(plan)), p);
@@ -108,7 +108,7 @@ void load_with(StateDict& state_dict, StorageReader& reader, LoadPlanner* planne
   }));
   std::string outcome;
   if (is_coordinator) {
-    outcome = guarded(rank, [&] {
+    outcome = guarded(rank, where, [&] {
       for (int r = 0; r < static_cast<int>(statuses.size()); ++r) {
         payload(std::move(statuses[r]), from("read status", r));
       }
@@ -116,7 +116,7 @@ void load_with(StateDict& state_dict, StorageReader& reader, LoadPlanner* planne
     });
   }
   if (c.world_size() > 1) outcome = c.broadcast(std::move(outcome));
-  conclude(outcome);
+  conclude(outcome, c.world_size());
 }
 
 }  // namespace detail
@@ -127,28 +127,31 @@ void load_with(StateDict& state_dict, StorageReader& reader, LoadPlanner* planne
 Metadata save(const StateDict& state_dict, StorageWriter& writer, SavePlanner* planner,
               Coordinator* coordinator) {
   return detail::translating_errors(rank_name(coordinator), [&] {
-    return detail::save_with(state_dict, writer, planner, coordinator);
+    return detail::save_with(state_dict, writer, planner, coordinator, rank_name(coordinator));
   });
 }
 
 void load(StateDict& state_dict, StorageReader& reader, LoadPlanner* planner,
           Coordinator* coordinator) {
   detail::translating_errors(rank_name(coordinator),
-                             [&] { detail::load_with(state_dict, reader, planner, coordinator); });
+                             [&] {
+    detail::load_with(state_dict, reader, planner, coordinator, rank_name(coordinator));
+  });
 }
 
 Metadata save(const StateDict& state_dict, const std::filesystem::path& dir,
               const SaveOptions& options) {
   return detail::translating_errors(dir.string(), [&] {
     FileSystemWriter writer(dir, options.io, options.overwrite);
-    return detail::save_with(state_dict, writer, options.planner, options.coordinator);
+    return detail::save_with(state_dict, writer, options.planner, options.coordinator,
+                             dir.string());
   });
 }
 
 void load(StateDict& state_dict, const std::filesystem::path& dir, const LoadOptions& options) {
   detail::translating_errors(dir.string(), [&] {
     FileSystemReader reader(dir, options.io);
-    detail::load_with(state_dict, reader, options.planner, options.coordinator);
+    detail::load_with(state_dict, reader, options.planner, options.coordinator, dir.string());
   });
 }
 

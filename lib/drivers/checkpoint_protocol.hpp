@@ -5,14 +5,18 @@
 // translate with it (format/error_translation.hpp), so the Error names it.
 #pragma once
 
+#include <string>
+
 #include "ringckpt/checkpoint.hpp"
 
 namespace ringckpt::detail {
 
+// `where` names the place of a failure that names none (the directory, or
+// the rank).
 Metadata save_with(const StateDict& state_dict, StorageWriter& writer, SavePlanner* planner,
-                   Coordinator* coordinator);
+                   Coordinator* coordinator, const std::string& where);
 
 void load_with(StateDict& state_dict, StorageReader& reader, LoadPlanner* planner,
-               Coordinator* coordinator);
+               Coordinator* coordinator, const std::string& where);
 
 }  // namespace ringckpt::detail

@@ -57,6 +57,7 @@ struct SaveTask {
   Metadata metadata;         // the committed metadata (rank 0's whole; elsewhere empty)
   std::string storage_data;  // this rank's data-file prefix, once planned
   bool cancelled = false;    // guarded by Impl::mu
+  bool job_started = false;  // guarded by Impl::mu; false: it failed (if it did) planning
   std::shared_ptr<detail::SaveJob> job;  // guarded by Impl::mu; set while the job runs
 };
 
@@ -167,6 +168,7 @@ void Checkpointer::Impl::run(const std::shared_ptr<SaveTask>& task) {
     protocol.cache = options.plan_caching && !task->options.planner ? &plan_cache : nullptr;
     protocol.share_metadata = false;
     protocol.refuse = refuse;
+    protocol.where = task->dir.string();
     task->metadata = detail::run_save(
         *task->state_dict, *writer, planner, *coordinator,
         [&](const SavePlan& plan, SavePlanner& p) { return write(*task, *writer, plan, p); },
@@ -212,6 +214,10 @@ WriteResults Checkpointer::Impl::write(SaveTask& task, FileSystemWriter& writer,
   auto written = std::make_shared<std::promise<WriteResults>>();
   std::future<WriteResults> done = written->get_future();
   auto completions = task.completions;
+  {
+    std::lock_guard lock(mu);
+    task.job_started = true;  // before the job can fire staged
+  }
   std::shared_ptr<detail::SaveJob> job = rank_writer.start(
       plan, planner,
       {.staged = [completions, dir = task.dir.string()](std::exception_ptr error) {
@@ -254,7 +260,8 @@ void Checkpointer::Impl::run(LoadTask& task) {
   try {
     detail::translating_errors(task.dir.string(), [&] {
       std::unique_ptr<FileSystemReader> reader = SharedEngineReader::open(task.dir, engine);
-      detail::load_with(*task.state_dict, *reader, task.planner, coordinator.get());
+      detail::load_with(*task.state_dict, *reader, task.planner, coordinator.get(),
+                        task.dir.string());
     });
   } catch (...) {
     error = detail::as_error_ptr(std::current_exception(), task.dir.string());
@@ -377,8 +384,17 @@ SaveHandle Checkpointer::async_save(const StateDict& state_dict, std::filesystem
   const std::string where = dir.string();
   std::shared_ptr<SaveTask> task = detail::translating_errors(
       where, [&] { return impl_->submit(state_dict, std::move(dir), options); });
-  // A snapshot save returns once staged, and throws what failed it by then.
-  if (task->mode == StagingMode::snapshot) task->completions->staged().get();
+  // A snapshot save returns once staged, and throws what failed its planning
+  // (on any rank); what fails its job arrives through the handle.
+  if (task->mode == StagingMode::snapshot) {
+    task->completions->staged().wait();
+    bool started;
+    {
+      std::lock_guard lock(impl_->mu);
+      started = task->job_started;
+    }
+    if (!started) detail::translating_errors(where, [&] { task->completions->committed().get(); });
+  }
   return SaveHandle(task->completions);
 }
 

@@ -27,9 +27,11 @@ struct Relayed {
 };
 
 // One step of the protocol on `rank`: the payload `step` returns in an OK
-// status, or what it raised as this rank's failure (or a Relayed one as is).
+// status, or what it raised as this rank's failure (or a Relayed one as is),
+// translated as an Error at `where` (the checkpoint directory, or the rank)
+// when it names no place itself.
 template <typename F>
-std::string guarded(int rank, F&& step) {
+std::string guarded(int rank, const std::string& where, F&& step) {
   try {
     return wire::encode_ok(step());
   } catch (const Relayed& relayed) {
@@ -38,7 +40,7 @@ std::string guarded(int rank, F&& step) {
     // Whatever a planner or storage throws (out of memory included), this
     // rank stays in the protocol and reports it as an Error.
     try {
-      const Error e = as_error(std::current_exception(), "");
+      const Error e = as_error(std::current_exception(), where);
       return wire::encode_failure({rank, e.code(), e.where(), e.message()});
     } catch (...) {
       // No memory even to describe the failure: a status of a few bytes,
@@ -71,9 +73,13 @@ inline bool succeeded(std::string_view status) {
 }
 
 // The end of a protocol on every rank: throws the failure that rank 0
-// broadcast, if any; else returns the payload it broadcast.
-inline std::string conclude(const std::string& outcome) {
+// broadcast, if any (naming the rank that failed, unless it is alone);
+// else returns the payload it broadcast.
+inline std::string conclude(const std::string& outcome, int world_size) {
   wire::RankStatus s = wire::decode_status(outcome, "outcome from rank 0");
+  if (s.failure && world_size == 1) {
+    throw Error(s.failure->code, s.failure->where, s.failure->message);
+  }
   if (s.failure) throw wire::to_error(*s.failure);
   return std::move(s.payload);
 }
@@ -108,12 +114,13 @@ auto decode_each(std::vector<std::string>& statuses, std::string_view status_nam
 // (`global_payloads`, inside guarded), and each rank receives its own, or the
 // failure of this step. Returns this rank's status.
 template <typename GlobalPayloads>
-std::string scatter_global(Coordinator& c, GlobalPayloads&& global_payloads) {
+std::string scatter_global(Coordinator& c, const std::string& where,
+                           GlobalPayloads&& global_payloads) {
   std::vector<std::string> centrals;
   if (c.is_coordinator()) {
     std::vector<std::string> encoded;
     bool planned = false;
-    const std::string status = guarded(c.rank(), [&] {
+    const std::string status = guarded(c.rank(), where, [&] {
       encoded = global_payloads();
       check_plan_count(encoded.size(), c.world_size());
       for (auto& g : encoded) g = wire::encode_ok(g);

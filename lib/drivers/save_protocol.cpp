@@ -162,7 +162,7 @@ Metadata run_save(const StateDict& state_dict, StorageWriter& writer, SavePlanne
 
   // 1. Local plans (or tokens), gathered at the coordinator.
   std::string local;
-  std::vector<std::string> locals = c.gather(guarded(rank, [&] {
+  std::vector<std::string> locals = c.gather(guarded(rank, options.where, [&] {
     if (options.refuse) std::rethrow_exception(options.refuse);
     planner.set_up_planner(state_dict, is_coordinator);
     writer.set_up_storage_writer(is_coordinator, rank);
@@ -175,11 +175,11 @@ Metadata run_save(const StateDict& state_dict, StorageWriter& writer, SavePlanne
 
   // 2. The global plan (or tokens), scattered back.
   GlobalStep global_step(writer, planner, is_coordinator ? cache : nullptr);
-  const std::string central = scatter_global(c, [&] { return global_step(locals); });
+  const std::string central = scatter_global(c, options.where, [&] { return global_step(locals); });
   if (cache && !succeeded(central)) cache->clear();
 
   // 3. Every rank writes its part; results gathered at the coordinator.
-  std::vector<std::string> results = c.gather(guarded(rank, [&] {
+  std::vector<std::string> results = c.gather(guarded(rank, options.where, [&] {
     SavePlan plan = global_plan(payload(central, from("global plan status", 0)), cache,
                                 std::move(local));
     const SavePlan final_plan = planner.finish_plan(std::move(plan));
@@ -190,7 +190,7 @@ Metadata run_save(const StateDict& state_dict, StorageWriter& writer, SavePlanne
   Metadata metadata;
   std::string outcome;
   if (is_coordinator) {
-    outcome = guarded(rank, [&] {
+    outcome = guarded(rank, options.where, [&] {
       const std::vector<WriteResults> all = decode_each(
           results, "write status", "write results",
           [](std::string_view bytes, const std::string& source, int) {
@@ -206,7 +206,7 @@ Metadata run_save(const StateDict& state_dict, StorageWriter& writer, SavePlanne
   if (c.world_size() > 1) outcome = c.broadcast(std::move(outcome));
   std::string committed;
   try {
-    committed = conclude(outcome);
+    committed = conclude(outcome, c.world_size());
   } catch (...) {
     writer.abort();
     throw;

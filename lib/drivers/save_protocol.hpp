@@ -67,6 +67,9 @@ struct SaveProtocolOptions {
   bool share_metadata = true;
   // If set, this rank refuses the save in step 1 (every rank then fails with it).
   std::exception_ptr refuse;
+  // Where a failure that names no place of its own happened: the checkpoint
+  // directory (or "rank N" for storage of unknown files).
+  std::string where;
 };
 
 // Writes `plan` (this rank's finished plan) and returns what it wrote; runs
