@@ -43,11 +43,11 @@ enum class StagingMode {
   // caller pays one pass of copying at memory speed. The whole state dict
   // must fit the ring, else async_save throws Error(kInvalidArgument).
   snapshot,
-  // async_save returns after planning; staging runs in the background as the
+  // async_save returns once the save is queued; staging runs in the background as the
   // disk drains the ring, so memory stays at the ring's size however large
   // the state dict; staged fires when the last byte has been copied.
   bounded,
-  // async_save returns after planning; staging copies in the background while
+  // async_save returns once the save is queued; staging copies in the background while
   // the caller computes (its forward and backward passes), and the caller
   // waits for staged before it next mutates the tensors. With a ring that
   // holds the state dict, staged fires at memory speed; with a smaller one

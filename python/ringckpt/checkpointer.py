@@ -45,8 +45,8 @@ def _settle(future, error) -> None:
 class Checkpointer:
     """Owns the staging ring (ring_bytes of pre-faulted, registered memory),
     io_uring and ringckpt's threads; create one per run. Saves run one after
-    another in the order asked. mode: "lazy" (async_save returns after
-    planning; staging copies while the caller computes), "bounded" (the same,
+    another in the order asked. mode: "lazy" (async_save returns once the save
+    is queued; staging copies while the caller computes), "bounded" (the same,
     memory capped at the ring however large the state dict) or "snapshot"
     (async_save returns once everything is copied; it must fit the ring).
 
