@@ -308,3 +308,106 @@ BOOST_AUTO_TEST_CASE(index_answers_many_queries_in_chunk_order) {
   index.find_intersecting({10, 8}, {5, 1}, found);  // past the last column
   BOOST_TEST(found.empty());
 }
+
+BOOST_AUTO_TEST_CASE(planner_keeps_entry_order_across_bytes_whole_tensors_and_shards) {
+  // Bytes, a whole tensor, a sharded tensor with no local shard, a sharded
+  // one and bytes again: the plan holds their items in that order, each
+  // box's in chunk order, in a vector reserved to exactly their count.
+  std::mt19937_64 rng(11);
+  const Shape shape{9, 6};
+  TensorStorageMetadata stored;
+  stored.properties.dtype = DType::F32;
+  stored.size = shape;
+  stored.chunks = grid(rng, shape, {3, 2}, true);
+  Metadata metadata;
+  for (const char* name : {"w", "empty", "s"}) metadata.state_dict_metadata.emplace(name, stored);
+  metadata.state_dict_metadata.emplace("step", BytesStorageMetadata{});
+  metadata.state_dict_metadata.emplace("rng", BytesStorageMetadata{});
+  StateDict sd;
+  sd.add("step", bytes_of(std::int64_t{3}));
+  sd.add("w", TensorView{nullptr, DType::F32, shape});
+  ShardedTensor empty;
+  empty.global_shape = shape;
+  sd.add("empty", empty);
+  ShardedTensor st;
+  st.global_shape = shape;
+  const auto shards = grid(rng, shape, {2, 1}, true);
+  for (const auto& box : shards) {
+    st.shards.push_back({TensorView{nullptr, DType::F32, box.sizes}, box.offsets});
+  }
+  sd.add("s", st);
+  sd.add("rng", bytes_of(std::int64_t{4}));
+
+  DefaultLoadPlanner planner;
+  planner.set_up_planner(sd, metadata, true);
+  const LoadPlan plan = planner.create_local_plan();
+
+  auto with_fqn = [](std::vector<ReadItem> items, const std::string& fqn) {
+    for (auto& item : items) item.storage_index.fqn = fqn;
+    return items;
+  };
+  std::vector<ReadItem> want;
+  ReadItem bytes;
+  bytes.type = LoadItemType::BYTE_IO;
+  bytes.dest_index = bytes.storage_index = MetadataIndex{"step", std::nullopt, std::nullopt};
+  want.push_back(bytes);
+  const ChunkStorageMetadata whole{Shape(2, 0), shape};
+  for (auto& item : with_fqn(all_pairs(stored, MetadataIndex{"w", whole.offsets, std::nullopt},
+                                       whole), "w")) {
+    want.push_back(std::move(item));
+  }
+  for (const auto& box : shards) {
+    for (auto& item : with_fqn(all_pairs(stored, MetadataIndex{"s", box.offsets, std::nullopt},
+                                         box), "s")) {
+      want.push_back(std::move(item));
+    }
+  }
+  bytes.dest_index = bytes.storage_index = MetadataIndex{"rng", std::nullopt, std::nullopt};
+  want.push_back(bytes);
+  check_same(plan.items, want, "mixed plan");
+  BOOST_TEST(plan.items.capacity() == plan.items.size());
+}
+
+BOOST_AUTO_TEST_CASE(shapes_past_the_inline_capacity_plan_as_all_pairs_does) {
+  // Five and six dimensions: every Shape of the plan is on the heap.
+  static_assert(Shape::kInline < 5);
+  std::mt19937_64 rng(13);
+  const Shape shape5{5, 4, 3, 4, 6};
+  check_chunk_set(rng, shape5, grid(rng, shape5, {2, 2, 1, 2, 3}, true), "5-d grid");
+  const Shape shape6{3, 2, 4, 2, 3, 5};
+  check_chunk_set(rng, shape6, guillotine(rng, shape6, 30), "6-d guillotine");
+}
+
+BOOST_AUTO_TEST_CASE(shape_behaves_as_a_vector_in_place_and_on_the_heap) {
+  Shape s{1, 2, 3};
+  BOOST_TEST(s.size() == 3u);
+  BOOST_TEST(s.capacity() == Shape::kInline);
+  const Shape copy_inline = s;
+  for (std::int64_t v = 4; v <= 9; ++v) s.push_back(v);  // moves to the heap
+  BOOST_TEST(s.capacity() > Shape::kInline);
+  const std::vector<std::int64_t> as_vector = s;
+  BOOST_TEST(as_vector == (std::vector<std::int64_t>{1, 2, 3, 4, 5, 6, 7, 8, 9}),
+             boost::test_tools::per_element());
+  BOOST_TEST((copy_inline == Shape{1, 2, 3}));  // the copy kept its values
+  Shape heap_copy = s;
+  heap_copy[0] = 100;
+  BOOST_TEST(s[0] == 1);  // copies are independent
+  Shape moved = std::move(heap_copy);
+  BOOST_TEST(moved.size() == 9u);
+  BOOST_TEST(moved[0] == 100);
+  BOOST_TEST(heap_copy.empty());
+  s.insert(s.begin() + 1, {-1, -2});
+  BOOST_TEST(s == (Shape{1, -1, -2, 2, 3, 4, 5, 6, 7, 8, 9}), boost::test_tools::per_element());
+  s.erase(s.begin(), s.begin() + 3);
+  BOOST_TEST(s == (Shape{2, 3, 4, 5, 6, 7, 8, 9}), boost::test_tools::per_element());
+  s.resize(2);
+  BOOST_TEST((s == Shape{2, 3}));
+  s.resize(4, 7);
+  BOOST_TEST((s == Shape{2, 3, 7, 7}));
+  BOOST_TEST((Shape(3, 5) == Shape{5, 5, 5}));
+  BOOST_TEST((Shape(2) == Shape{0, 0}));
+  BOOST_TEST((Shape{1, 2} < Shape{1, 3}));
+  BOOST_TEST((Shape{1} < Shape{1, 0}));
+  BOOST_TEST(!(Shape{2} < Shape{1, 9}));
+  BOOST_TEST((Shape(std::vector<std::int64_t>{4, 5}) == Shape{4, 5}));
+}

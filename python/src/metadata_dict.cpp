@@ -2,6 +2,8 @@
 
 #include <pybind11/stl.h>
 
+#include "shape_caster.hpp"
+
 #include <variant>
 
 namespace ringckpt::python {

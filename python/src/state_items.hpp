@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ringckpt/tensor.hpp"
+#include "shape_caster.hpp"
 
 namespace ringckpt::python {
 
