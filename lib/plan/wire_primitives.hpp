@@ -1,5 +1,5 @@
 // lib/plan/wire_primitives.hpp — the byte-level pieces of the wire codec:
-// varints, zig-zag, strings, shapes, dtypes and chained names, written by
+// varints, zig-zag, strings, shapes, dtypes, names and chained paths, written by
 // WireWriter and read back, hostile-safe, by WireReader (layout in
 // wire_codec.hpp). Used by wire_codec.cpp only.
 #pragma once
@@ -10,7 +10,9 @@
 #include <iterator>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "plan/wire_codec.hpp"
 #include "ringckpt/dtype.hpp"
@@ -28,8 +30,24 @@ constexpr bool dtypes_in_enum_order() {
 static_assert(dtypes_in_enum_order(), "the wire stores a DType as its position in kAllDTypes");
 static_assert(sizeof(std::size_t) == sizeof(std::uint64_t), "index hints travel as 64 bits");
 
-// Appends one payload. Names and file paths are each a chain: a name is stored
-// against the previous one of its chain.
+// Splits `name` at each '.' into `parts` (at least one, maybe empty); the
+// views point into `name`.
+inline void split_name(std::string_view name, std::vector<std::string_view>& parts) {
+  parts.clear();
+  for (std::size_t start = 0;;) {
+    const std::size_t dot = name.find('.', start);
+    if (dot == std::string_view::npos) {
+      parts.push_back(name.substr(start));
+      return;
+    }
+    parts.push_back(name.substr(start, dot - start));
+    start = dot + 1;
+  }
+}
+
+// Appends one payload. A name is stored against the previous name and the
+// components seen before (layout in wire_codec.hpp); file paths are a chain of
+// shared prefixes.
 class WireWriter {
  public:
   WireWriter(Kind kind, std::size_t reserve) {
@@ -62,7 +80,30 @@ class WireWriter {
     for (std::int64_t d : s) i64(d);
   }
   void dtype(DType t) { byte(static_cast<std::uint8_t>(t)); }
-  void fqn(std::string_view s) { chained(s, previous_fqn_); }
+  void fqn(std::string_view s) {
+    current_.assign(s);  // parts_ view the copy: `s` may not outlive this call
+    split_name(current_, parts_);
+    std::size_t shared = 0;
+    while (shared < parts_.size() && shared < previous_parts_.size() &&
+           parts_[shared] == previous_parts_[shared]) {
+      ++shared;
+    }
+    u64(shared);
+    u64(parts_.size() - shared);
+    for (std::size_t i = shared; i < parts_.size(); ++i) {
+      const auto it = components_.find(parts_[i]);
+      if (it != components_.end()) {
+        u64(it->second + 1);
+      } else {
+        u64(0);
+        string(parts_[i]);
+        components_.emplace(std::string(parts_[i]), components_.size());
+      }
+    }
+    // Split again after the swap: a short string's bytes move with it.
+    previous_name_.swap(current_);
+    split_name(previous_name_, previous_parts_);
+  }
   void path(std::string_view s) { chained(s, previous_path_); }
 
   std::string take() && { return std::move(out_); }
@@ -77,8 +118,19 @@ class WireWriter {
     previous.assign(s);
   }
 
+  struct ViewHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept {
+      return std::hash<std::string_view>{}(s);
+    }
+  };
+
   std::string out_;
-  std::string previous_fqn_;
+  // Names: the previous one and its components, each distinct component
+  // written so far with its number (the order of first appearance).
+  std::string current_, previous_name_;
+  std::vector<std::string_view> parts_, previous_parts_;  // previous_parts_ views previous_name_
+  std::unordered_map<std::string, std::uint64_t, ViewHash, std::equal_to<>> components_;
   std::string previous_path_;
 };
 
@@ -152,9 +204,10 @@ class WireReader {
     }
     return static_cast<std::size_t>(n);
   }
-  std::string string() {
-    const std::size_t n = count(1, "string length");
-    std::string s(data_.substr(pos_, n));
+  std::string string() { return std::string(view(count(1, "string length"))); }
+  // The next `n` bytes, in place. REQUIRES: n <= left().
+  std::string_view view(std::size_t n) {
+    const std::string_view s = data_.substr(pos_, n);
     pos_ += n;
     return s;
   }
@@ -189,7 +242,43 @@ class WireReader {
   // expand() for a copy of `s`.
   void expand(const Shape& s) { expand(s.size() * sizeof(std::int64_t)); }
 
-  std::string fqn() { return chained(previous_fqn_); }
+  // A name: components shared with the previous name, then the others, each a
+  // literal (numbered in order) or the number of an earlier literal.
+  std::string fqn() {
+    const std::uint64_t shared = u64();
+    if (shared > previous_parts_.size()) {
+      fail("a name shares " + std::to_string(shared) + " components with a previous name of " +
+           std::to_string(previous_parts_.size()));
+    }
+    const std::size_t rest = count(1, "name component");
+    if (shared + rest == 0) fail("a name has no component");
+    previous_parts_.resize(static_cast<std::size_t>(shared));
+    std::size_t size = 0;
+    for (std::string_view part : previous_parts_) size += part.size() + 1;
+    expand(size);
+    for (std::size_t i = 0; i < rest; ++i) {
+      const std::uint64_t code = u64();
+      if (code == 0) {
+        components_.push_back(view(count(1, "string length")));
+        previous_parts_.push_back(components_.back());
+      } else {
+        if (code > components_.size()) {
+          fail("name component " + std::to_string(code - 1) + " is not defined (" +
+               std::to_string(components_.size()) + " so far)");
+        }
+        previous_parts_.push_back(components_[static_cast<std::size_t>(code - 1)]);
+        expand(previous_parts_.back().size() + 1);
+      }
+      size += previous_parts_.back().size() + 1;
+    }
+    std::string name;
+    name.reserve(size - 1);
+    for (std::size_t i = 0; i < previous_parts_.size(); ++i) {
+      if (i != 0) name += '.';
+      name += previous_parts_[i];
+    }
+    return name;
+  }
   std::string path() { return chained(previous_path_); }
 
   // Called after the last field: throws if bytes are left over.
@@ -224,7 +313,10 @@ class WireReader {
   static constexpr std::uint64_t kExpansionFloor = std::uint64_t{64} << 20;
   const std::uint64_t expansion_limit_;
   std::uint64_t expanded_ = 0;  // <= expansion_limit_
-  std::string previous_fqn_;
+  // Names: every literal component so far (in order) and the previous name's
+  // components, all viewing data_.
+  std::vector<std::string_view> components_;
+  std::vector<std::string_view> previous_parts_;
   std::string previous_path_;
 };
 
