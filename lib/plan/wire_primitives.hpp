@@ -30,21 +30,6 @@ constexpr bool dtypes_in_enum_order() {
 static_assert(dtypes_in_enum_order(), "the wire stores a DType as its position in kAllDTypes");
 static_assert(sizeof(std::size_t) == sizeof(std::uint64_t), "index hints travel as 64 bits");
 
-// Splits `name` at each '.' into `parts` (at least one, maybe empty); the
-// views point into `name`.
-inline void split_name(std::string_view name, std::vector<std::string_view>& parts) {
-  parts.clear();
-  for (std::size_t start = 0;;) {
-    const std::size_t dot = name.find('.', start);
-    if (dot == std::string_view::npos) {
-      parts.push_back(name.substr(start));
-      return;
-    }
-    parts.push_back(name.substr(start, dot - start));
-    start = dot + 1;
-  }
-}
-
 // Appends one payload. A name is stored against the previous name and the
 // components seen before (layout in wire_codec.hpp); file paths are a chain of
 // shared prefixes.
@@ -81,28 +66,47 @@ class WireWriter {
   }
   void dtype(DType t) { byte(static_cast<std::uint8_t>(t)); }
   void fqn(std::string_view s) {
-    current_.assign(s);  // parts_ view the copy: `s` may not outlive this call
-    split_name(current_, parts_);
+    // Components 0..shared-1 of s and of the previous name are equal iff
+    // their bytes up to the end of component shared-1 of the previous name
+    // are, and s ends or has a '.' there.
+    const std::size_t common = static_cast<std::size_t>(
+        std::mismatch(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(
+                                                 std::min(s.size(), previous_.size())),
+                      previous_.begin())
+            .first -
+        s.begin());
     std::size_t shared = 0;
-    while (shared < parts_.size() && shared < previous_parts_.size() &&
-           parts_[shared] == previous_parts_[shared]) {
+    while (shared < ends_.size() &&
+           (ends_[shared] < common ||
+            (ends_[shared] == common && (common == s.size() || s[common] == '.')))) {
       ++shared;
     }
+    ends_.resize(shared);
+    // The other components start after the '.' that ends the last shared one
+    // (none if s ends there).
+    std::size_t start = shared == 0 ? 0 : ends_.back() + 1;
+    std::size_t rest = 0;
+    if (start <= s.size()) rest = 1 + static_cast<std::size_t>(
+                                         std::count(s.begin() + static_cast<std::ptrdiff_t>(start),
+                                                    s.end(), '.'));
     u64(shared);
-    u64(parts_.size() - shared);
-    for (std::size_t i = shared; i < parts_.size(); ++i) {
-      const auto it = components_.find(parts_[i]);
+    u64(rest);
+    for (std::size_t i = 0; i < rest; ++i) {
+      std::size_t end = s.find('.', start);
+      if (end == std::string_view::npos) end = s.size();
+      const std::string_view part = s.substr(start, end - start);
+      const auto it = components_.find(part);
       if (it != components_.end()) {
         u64(it->second + 1);
       } else {
         u64(0);
-        string(parts_[i]);
-        components_.emplace(std::string(parts_[i]), components_.size());
+        string(part);
+        components_.emplace(std::string(part), components_.size());
       }
+      ends_.push_back(end);
+      start = end + 1;
     }
-    // Split again after the swap: a short string's bytes move with it.
-    previous_name_.swap(current_);
-    split_name(previous_name_, previous_parts_);
+    previous_.assign(s);
   }
   void path(std::string_view s) { chained(s, previous_path_); }
 
@@ -128,8 +132,8 @@ class WireWriter {
   std::string out_;
   // Names: the previous one and its components, each distinct component
   // written so far with its number (the order of first appearance).
-  std::string current_, previous_name_;
-  std::vector<std::string_view> parts_, previous_parts_;  // previous_parts_ views previous_name_
+  std::string previous_;             // the previous name
+  std::vector<std::size_t> ends_;    // where each component of previous_ ends
   std::unordered_map<std::string, std::uint64_t, ViewHash, std::equal_to<>> components_;
   std::string previous_path_;
 };
@@ -246,39 +250,36 @@ class WireReader {
   // literal (numbered in order) or the number of an earlier literal.
   std::string fqn() {
     const std::uint64_t shared = u64();
-    if (shared > previous_parts_.size()) {
+    if (shared > ends_.size()) {
       fail("a name shares " + std::to_string(shared) + " components with a previous name of " +
-           std::to_string(previous_parts_.size()));
+           std::to_string(ends_.size()));
     }
     const std::size_t rest = count(1, "name component");
     if (shared + rest == 0) fail("a name has no component");
-    previous_parts_.resize(static_cast<std::size_t>(shared));
-    std::size_t size = 0;
-    for (std::string_view part : previous_parts_) size += part.size() + 1;
-    expand(size);
+    ends_.resize(static_cast<std::size_t>(shared));
+    previous_.resize(ends_.empty() ? 0 : ends_.back());
+    expand(previous_.size());
     for (std::size_t i = 0; i < rest; ++i) {
       const std::uint64_t code = u64();
+      std::string_view part;
       if (code == 0) {
-        components_.push_back(view(count(1, "string length")));
-        previous_parts_.push_back(components_.back());
+        part = view(count(1, "string length"));
+        components_.push_back(part);
       } else {
         if (code > components_.size()) {
           fail("name component " + std::to_string(code - 1) + " is not defined (" +
                std::to_string(components_.size()) + " so far)");
         }
-        previous_parts_.push_back(components_[static_cast<std::size_t>(code - 1)]);
-        expand(previous_parts_.back().size() + 1);
+        part = components_[static_cast<std::size_t>(code - 1)];
+        expand(part.size() + 1);
       }
-      size += previous_parts_.back().size() + 1;
+      if (!ends_.empty()) previous_ += '.';
+      previous_ += part;
+      ends_.push_back(previous_.size());
     }
-    std::string name;
-    name.reserve(size - 1);
-    for (std::size_t i = 0; i < previous_parts_.size(); ++i) {
-      if (i != 0) name += '.';
-      name += previous_parts_[i];
-    }
-    return name;
+    return previous_;
   }
+
   std::string path() { return chained(previous_path_); }
 
   // Called after the last field: throws if bytes are left over.
@@ -313,10 +314,11 @@ class WireReader {
   static constexpr std::uint64_t kExpansionFloor = std::uint64_t{64} << 20;
   const std::uint64_t expansion_limit_;
   std::uint64_t expanded_ = 0;  // <= expansion_limit_
-  // Names: every literal component so far (in order) and the previous name's
-  // components, all viewing data_.
+  // Names: every literal component so far (in order, viewing data_), the
+  // previous name and where each of its components ends.
   std::vector<std::string_view> components_;
-  std::vector<std::string_view> previous_parts_;
+  std::string previous_;
+  std::vector<std::size_t> ends_;
   std::string previous_path_;
 };
 
