@@ -259,8 +259,7 @@ bool dedup_replicated(std::vector<SavePlan>& plans, FqnIds& ids, bool to_lowest_
 
 // Every item of the plans, grouped by fqn in fqn order, each fqn's items in
 // plan order (rank-major): the items of the k-th fqn are
-// order[bounds[k]..bounds[k+1]). `position[id]` is the place of fqn `id` in
-// fqn order (a permutation); ids.of numbers the items of `plans`.
+// order[bounds[k]..bounds[k+1]).
 struct FqnOrder {
   std::vector<WriteItem*> order;
   std::vector<std::size_t> bounds;
@@ -278,6 +277,8 @@ std::vector<std::uint32_t> fqn_positions(const FqnIds& ids) {
   return position;
 }
 
+// A counting sort: `position[id]` is the place of fqn `id` in fqn order (a
+// permutation, fqn_positions); ids.of numbers the items of `plans`.
 FqnOrder items_by_fqn(std::vector<SavePlan>& plans, const FqnIds& ids,
                       const std::vector<std::uint32_t>& position) {
   FqnOrder out;
@@ -413,7 +414,7 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
   Metadata metadata = std::move(*built);
   // validate_global_plan's other half (each item described by the metadata,
   // as its kind) holds by construction: build_metadata entered every item's
-  // fqn as the kind that check_consistent saw all its items agree on.
+  // fqn as the kind that number_fqns saw all its items agree on.
   detail::validate_tensors(metadata);
   return {std::move(all_plans), std::move(metadata)};
 }
