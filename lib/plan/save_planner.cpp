@@ -257,15 +257,8 @@ bool dedup_replicated(std::vector<SavePlan>& plans, FqnIds& ids, bool to_lowest_
   return removed;
 }
 
-// Every item of the plans, grouped by fqn in fqn order, each fqn's items in
-// plan order (rank-major): the items of the k-th fqn are
-// order[bounds[k]..bounds[k+1]).
-struct FqnOrder {
-  std::vector<WriteItem*> order;
-  std::vector<std::size_t> bounds;
-};
-
-// The place of each numbered fqn in fqn order. REQUIRES: ids.first valid.
+// The place of each numbered fqn in fqn order (a permutation).
+// REQUIRES: ids.first valid.
 std::vector<std::uint32_t> fqn_positions(const FqnIds& ids) {
   std::vector<std::uint32_t> by_name(ids.first.size());
   for (std::uint32_t id = 0; id < by_name.size(); ++id) by_name[id] = id;
@@ -277,52 +270,46 @@ std::vector<std::uint32_t> fqn_positions(const FqnIds& ids) {
   return position;
 }
 
-// A counting sort: `position[id]` is the place of fqn `id` in fqn order (a
-// permutation, fqn_positions); ids.of numbers the items of `plans`.
-FqnOrder items_by_fqn(std::vector<SavePlan>& plans, const FqnIds& ids,
-                      const std::vector<std::uint32_t>& position) {
-  FqnOrder out;
-  out.bounds.assign(position.size() + 1, 0);
-  for (const auto& numbers : ids.of) {
-    for (std::uint32_t id : numbers) ++out.bounds[position[id] + 1];
-  }
-  for (std::size_t k = 0; k < position.size(); ++k) out.bounds[k + 1] += out.bounds[k];
-  std::vector<std::size_t> next(out.bounds.begin(), out.bounds.end() - 1);
-  out.order.resize(out.bounds.back());
+// The metadata of the (deduplicated) plans. Sets each tensor item's index
+// hint to its chunk's position. Pre: number_fqns passed; ids.of numbers the
+// items of `plans`; position is fqn_positions(ids). The map is filled in key
+// order, each insert at its end; each fqn's kind and shape are those of its
+// first item in plan order (number_fqns saw the rest agree); its chunks
+// follow plan order (rank-major), filled in one pass over the plans in order.
+Metadata build_metadata(std::vector<SavePlan>& plans, const FqnIds& ids,
+                        const std::vector<std::uint32_t>& position) {
+  const std::size_t n = position.size();
+  std::vector<std::size_t> count(n, 0);          // by place in fqn order
+  std::vector<const WriteItem*> head(n, nullptr);  // its first item
   for (std::size_t r = 0; r < plans.size(); ++r) {
     for (std::size_t i = 0; i < plans[r].items.size(); ++i) {
-      out.order[next[position[ids.of[r][i]]]++] = &plans[r].items[i];
+      const std::uint32_t k = position[ids.of[r][i]];
+      if (count[k]++ == 0) head[k] = &plans[r].items[i];
     }
   }
-  return out;
-}
-
-// The metadata of the (deduplicated) plans. Sets each tensor item's index
-// hint to its chunk's position. Pre: number_fqns passed; `by_fqn` is
-// items_by_fqn(plans, ...), so that the map is filled in key order, each
-// insert at its end, and chunk positions follow plan order.
-Metadata build_metadata(std::vector<SavePlan>& plans, const FqnOrder& by_fqn) {
   Metadata md;
   auto& items = md.state_dict_metadata;
-  for (std::size_t k = 0; k + 1 < by_fqn.bounds.size(); ++k) {
-    const std::size_t begin = by_fqn.bounds[k], end = by_fqn.bounds[k + 1];
-    if (begin == end) continue;  // every item of this fqn was removed: not reached
-    WriteItem& head = *by_fqn.order[begin];
-    // The kind and shape of the first item: number_fqns saw the rest agree.
-    if (is_bytes(head)) {
-      items.emplace_hint(items.end(), head.index.fqn, BytesStorageMetadata{});
+  std::vector<TensorStorageMetadata*> tensor(n, nullptr);  // into md: map nodes stay
+  for (std::size_t k = 0; k < n; ++k) {
+    if (count[k] == 0) continue;  // every item of this fqn was removed: not reached
+    const WriteItem& h = *head[k];
+    if (is_bytes(h)) {
+      items.emplace_hint(items.end(), h.index.fqn, BytesStorageMetadata{});
     } else {
-      const TensorWriteData& td = *head.tensor_data;
-      auto it = items.emplace_hint(items.end(), head.index.fqn,
+      const TensorWriteData& td = *h.tensor_data;
+      auto it = items.emplace_hint(items.end(), h.index.fqn,
                                    TensorStorageMetadata{td.properties, td.size, {}});
-      auto& tm = std::get<TensorStorageMetadata>(it->second);
-      tm.chunks.reserve(end - begin);
-      for (std::size_t i = begin; i < end; ++i) {
-        WriteItem& item = *by_fqn.order[i];
-        if (is_bytes(item)) continue;  // not reached: number_fqns
-        item.index.index = tm.chunks.size();
-        tm.chunks.push_back(item.tensor_data->chunk);
-      }
+      tensor[k] = &std::get<TensorStorageMetadata>(it->second);
+      tensor[k]->chunks.reserve(count[k]);
+    }
+  }
+  for (std::size_t r = 0; r < plans.size(); ++r) {
+    for (std::size_t i = 0; i < plans[r].items.size(); ++i) {
+      WriteItem& item = plans[r].items[i];
+      TensorStorageMetadata* tm = tensor[position[ids.of[r][i]]];
+      if (tm == nullptr || is_bytes(item)) continue;  // bytes; is_bytes: not reached
+      item.index.index = tm->chunks.size();
+      tm->chunks.push_back(item.tensor_data->chunk);
     }
   }
   for (auto& plan : plans) {
@@ -409,7 +396,7 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
     if (options_.dedup_replicated) {
       dedup_replicated(all_plans, ids, options_.dedup_save_to_lowest_rank);
     }
-    built = build_metadata(all_plans, items_by_fqn(all_plans, ids, position));
+    built = build_metadata(all_plans, ids, position);
   }
   Metadata metadata = std::move(*built);
   // validate_global_plan's other half (each item described by the metadata,
