@@ -325,6 +325,58 @@ BOOST_AUTO_TEST_CASE(global_plan_rejects_ranks_that_disagree) {
                         error_is(ErrorCode::kInvalidArgument, "x", "as bytes"));
 }
 
+// Shards in decreasing offset order across ranks (rank 4 repeating rank 2's),
+// a shard replicated on several ranks, names in another order on one rank:
+// each chunk is kept once, in plan order; a replica of another size is
+// refused naming both ranks.
+BOOST_AUTO_TEST_CASE(global_plan_groups_shards_in_any_order) {
+  std::vector<float> buf(8);
+  auto plans_of = [&](Shape third_v_sizes) {
+    std::vector<SavePlan> local;
+    for (std::int64_t k = 0; k < 5; ++k) {
+      StateDict sd;
+      const Shard w{view_of(buf, {2, 4}), {k < 4 ? 2 * (3 - k) : 2, 0}};
+      const Shape v_sizes = k == 2 ? third_v_sizes : Shape{2, 4};
+      const Shard v{TensorView{buf.data(), DType::F32, v_sizes}, {k % 2 == 0 ? 0 : 2, 0}};
+      if (k == 1) sd.add("v", ShardedTensor{DType::F32, {4, 4}, {v}});
+      sd.add("w", ShardedTensor{DType::F32, {8, 4}, {w}});
+      if (k != 1) sd.add("v", ShardedTensor{DType::F32, {4, 4}, {v}});
+      DefaultSavePlanner p;
+      p.set_up_planner(sd, k == 0);
+      local.push_back(p.create_local_plan());
+    }
+    return local;
+  };
+  DefaultSavePlanner planner;
+  auto [plans, md] = planner.create_global_plan(plans_of({2, 4}));
+  const auto& wm = std::get<TensorStorageMetadata>(md.state_dict_metadata.at("w"));
+  const auto& vm = std::get<TensorStorageMetadata>(md.state_dict_metadata.at("v"));
+  BOOST_REQUIRE_EQUAL(wm.chunks.size(), 4u);
+  BOOST_REQUIRE_EQUAL(vm.chunks.size(), 2u);
+  // Every chunk kept once, on a rank that holds it; each hint its chunk.
+  std::map<std::string, std::vector<Shape>> kept;
+  for (std::size_t r = 0; r < plans.size(); ++r) {
+    for (const auto& item : plans[r].items) {
+      const auto& tm = item.index.fqn == "w" ? wm : vm;
+      BOOST_TEST((tm.chunks.at(item.index.index.value()).offsets == *item.index.offset));
+      kept[item.index.fqn].push_back(*item.index.offset);
+    }
+  }
+  std::sort(kept["w"].begin(), kept["w"].end());
+  std::sort(kept["v"].begin(), kept["v"].end());
+  BOOST_TEST((kept["w"] == std::vector<Shape>{{0, 0}, {2, 0}, {4, 0}, {6, 0}}));
+  BOOST_TEST((kept["v"] == std::vector<Shape>{{0, 0}, {2, 0}}));
+  // w's {2, 0}: ranks 2 and 4 hold it, the least loaded keeps it. Ranks 0
+  // to 3 hold one w chunk of their own (v is placed after it, by first
+  // appearance): rank 4's only item planned so far is nothing, so it keeps it.
+  BOOST_TEST(plans[4].items.size() >= 1u);
+
+  BOOST_CHECK_EXCEPTION(
+      planner.create_global_plan(plans_of({1, 4})), Error,
+      error_is(ErrorCode::kInvalidArgument, "v",
+               "ranks 0 and 2 save different chunks at offsets [0, 0]: sizes [2, 4] and [1, 4]"));
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // ===========================================================================

@@ -100,6 +100,9 @@ SavePlan sample_save_plan() {
   // Shards: offsets equal to the index offset, and offsets that are not.
   plan.items.push_back({{"model.layers.0.mlp.w1", Shape{2048, 0}, 3}, WriteItemType::SHARD,
                         tensor({2048, 0}, {2048, 512}, DType::F32, {4096, 512}), 0});
+  // Sizes, dtype and global shape as the previous item's; offsets zero.
+  plan.items.push_back({{"model.layers.1.mlp.w1", Shape{0, 0}, 2}, WriteItemType::SHARD,
+                        tensor({0, 0}, {2048, 512}, DType::F32, {4096, 512}), 0});
   plan.items.push_back({{"model.layers.0.mlp.w2", Shape{1, 1}, std::nullopt}, WriteItemType::SHARD,
                         tensor({0, 7}, {3, 5}, DType::F16, {9, 12}), 0});
   // Offsets of another rank than the sizes; a 0-d tensor; a zero dimension.
@@ -189,6 +192,41 @@ SavePlan transformer_plan(std::size_t entries) {
                           tensor({0, 0}, shape, DType::BF16, shape), 0});
   }
   plan.planner_data = {{"planner", "default"}};
+  return plan;
+}
+
+// A whole tensor as DefaultSavePlanner plans it: index offset zero, no hint.
+WriteItem whole(std::string fqn, Shape shape) {
+  return {{std::move(fqn), Shape(shape.size(), 0), std::nullopt}, WriteItemType::TENSOR,
+          tensor(Shape(shape.size(), 0), shape, DType::BF16, shape), 0};
+}
+
+// Rank `rank`'s local plan of issue 10's scenario (1,024 ranks): per layer
+// five row shards of BF16 tensors split over all ranks, then five replicated
+// whole tensors, as DefaultSavePlanner plans them.
+SavePlan rank_plan(std::size_t entries, std::int64_t rank, std::int64_t ranks) {
+  static const char* const kParts[] = {
+      "attention.wq.weight",    "attention.wk.weight",    "attention.wv.weight",
+      "attention.wo.weight",    "feed_forward.w1.weight", "feed_forward.w2.weight",
+      "feed_forward.w3.weight", "attention_norm.weight",  "ffn_norm.weight",
+      "attention.inner_attention.rope.freqs"};
+  SavePlan plan;
+  for (std::size_t i = 0; i < entries; ++i) {
+    const std::size_t part = i % std::size(kParts);
+    std::string fqn =
+        "model.layers." + std::to_string(i / std::size(kParts)) + "." + kParts[part];
+    if (part < 5) {
+      const std::int64_t cols = part == 4 ? 11008 : 4096;
+      const Shape offsets{16 * rank, 0};
+      plan.items.push_back({{std::move(fqn), offsets, std::nullopt}, WriteItemType::SHARD,
+                            tensor(offsets, {16, cols}, DType::BF16, {16 * ranks, cols}), 0});
+    } else {
+      plan.items.push_back(whole(std::move(fqn), part == 5   ? Shape{4096, 11008}
+                                                 : part == 6 ? Shape{11008, 4096}
+                                                 : part == 9 ? Shape{64}
+                                                             : Shape{4096}));
+    }
+  }
   return plan;
 }
 
@@ -298,8 +336,51 @@ BOOST_AUTO_TEST_CASE(transformer_plan_is_compact) {
   const SavePlan plan = transformer_plan(1000);
   const std::string bytes = wire::encode(plan);
   BOOST_TEST(bytes.size() < std::size_t{64} << 10);
-  BOOST_TEST(bytes.size() < std::size_t{32} << 10);  // about 30 bytes an item
+  BOOST_TEST(bytes.size() < std::size_t{12} << 10);  // about 10 bytes an item
   check_same(wire::decode_save_plan(bytes, "p"), plan);
+}
+
+// Issue 10's scenario: a rank of 1,024 with 1,000 entries, half row shards,
+// half replicated, sends under 16 KB (32,030 bytes in wire version 1).
+BOOST_AUTO_TEST_CASE(a_rank_of_1024_sends_1000_entries_in_under_16_kb) {
+  for (std::int64_t rank : {0, 1, 511, 1023}) {
+    BOOST_TEST_CONTEXT("rank " << rank) {
+      const SavePlan plan = rank_plan(1000, rank, 1024);
+      const std::string bytes = wire::encode(plan);
+      BOOST_TEST(bytes.size() < std::size_t{16} << 10);
+      check_same(wire::decode_save_plan(bytes, "p"), plan);
+    }
+  }
+}
+
+// A replicated whole tensor whose name's components were all seen before, of
+// the shape and dtype of the item before it: its name (shared count, count of
+// the rest, two components by number), a head byte and a tensor flags byte.
+BOOST_AUTO_TEST_CASE(a_replicated_item_costs_its_name_and_two_bytes) {
+  SavePlan plan;
+  plan.items.push_back(whole("model.layers.0.attention_norm.weight", {4096}));
+  plan.items.push_back(whole("model.layers.0.ffn_norm.weight", {4096}));
+  plan.items.push_back(whole("model.layers.1.attention_norm.weight", {4096}));
+  const std::size_t before = wire::encode(plan).size();
+  plan.items.push_back(whole("model.layers.1.ffn_norm.weight", {4096}));
+  const std::string bytes = wire::encode(plan);
+  BOOST_TEST(bytes.size() - before == 6u);
+  check_same(wire::decode_save_plan(bytes, "p"), plan);
+}
+
+// Names of every form come back as they went: empty components, dots at
+// either end, repeated components, a name equal to the previous one, a name
+// that is a prefix of the previous one, NUL bytes.
+BOOST_AUTO_TEST_CASE(names_of_every_form_come_back) {
+  const std::vector<std::string> names = {
+      "",     ".",    "..",   "a",     "a.",   ".a",  "a..b", "a.b.a.b", "a.b.a.b",
+      "a.b",  "a",    "b.a",  "model.layers.0.w", "model.layers.0", "model.layers.10.w",
+      std::string("nul\0.x", 6), "x.y.z.x.y.z.x"};
+  SavePlan plan;
+  for (const std::string& n : names) {
+    plan.items.push_back({{n, std::nullopt, std::nullopt}, WriteItemType::BYTE_IO, std::nullopt, 1});
+  }
+  check_same(wire::decode_save_plan(wire::encode(plan), "p"), plan);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -435,25 +516,41 @@ BOOST_AUTO_TEST_CASE(varints_are_shortest_and_fit) {
 }
 
 BOOST_AUTO_TEST_CASE(fields_are_checked) {
-  // A name that claims more shared bytes than the previous name has.
-  const std::string shares_too_much("\x01\x05\x00\x00\x00\x00\x00", 7);
-  BOOST_CHECK_EXCEPTION(
-      wire::decode_save_plan(payload(wire::Kind::kSavePlan, shares_too_much), "p"), Error,
-      corrupt_with("p", "shares 5 bytes"));
+  // Names: more shared components than the previous name has, a component
+  // never defined, no component at all (then a head byte).
+  auto first_name = [](std::string name) {
+    return wire::decode_save_plan(payload(wire::Kind::kSavePlan, "\x01" + name + '\0'), "p");
+  };
+  BOOST_CHECK_EXCEPTION(first_name(std::string("\x05\x00", 2)), Error,
+                        corrupt_with("p", "shares 5 components with a previous name of 0"));
+  BOOST_CHECK_EXCEPTION(first_name(std::string("\x00\x01\x03", 3)), Error,
+                        corrupt_with("p", "name component 2 is not defined (0 so far)"));
+  BOOST_CHECK_EXCEPTION(first_name(std::string("\x00\x00", 2)), Error,
+                        corrupt_with("p", "a name has no component"));
   // Bad dtype, item type, flags, usable, status tag, error code, rank.
-  const std::string item = std::string("\x01\x00\x01w\x00", 5);  // one item "w", no index flags
+  const std::string item = std::string("\x01\x00\x01\x00\x01w", 6);  // one item "w"
   auto save_plan = [&](std::string rest) {
     return wire::decode_save_plan(payload(wire::Kind::kSavePlan, item + rest), "p");
   };
-  BOOST_CHECK_EXCEPTION(save_plan(std::string("\x00\x01\x40", 3)), Error,
+  BOOST_CHECK_EXCEPTION(save_plan(std::string("\x10\x00\x40", 3)), Error,
                         corrupt_with("p", "dtype 64"));
-  BOOST_CHECK_EXCEPTION(save_plan(std::string("\x03\x00", 2)), Error,
+  BOOST_CHECK_EXCEPTION(save_plan(std::string("\x03", 1)), Error,
                         corrupt_with("p", "write item type 3"));
-  BOOST_CHECK_EXCEPTION(save_plan(std::string("\x00\x20", 2)), Error,
+  BOOST_CHECK_EXCEPTION(save_plan(std::string("\x80", 1)), Error,
+                        corrupt_with("p", "bad write item flags 128"));
+  // The index offset said to be the chunk's, without a chunk.
+  BOOST_CHECK_EXCEPTION(save_plan(std::string("\x24", 1)), Error,
+                        corrupt_with("p", "bad write item flags 36"));
+  BOOST_CHECK_EXCEPTION(save_plan(std::string("\x10\x20", 2)), Error,
                         corrupt_with("p", "bad tensor flags 32"));
-  BOOST_CHECK_EXCEPTION(save_plan(std::string("\x00\x03\x00", 3)), Error,
+  // The global shape both the chunk's and the previous item's.
+  BOOST_CHECK_EXCEPTION(save_plan(std::string("\x10\x0c", 2)), Error,
+                        corrupt_with("p", "bad tensor flags 12"));
+  BOOST_CHECK_EXCEPTION(save_plan(std::string("\x10\x01", 2)), Error,
                         corrupt_with("p", "refers to a previous one"));
-  BOOST_CHECK_EXCEPTION(save_plan(std::string("\x02\x00\x00\x00\x00\x02", 6)), Error,
+  BOOST_CHECK_EXCEPTION(save_plan(std::string("\x10\x10", 2)), Error,
+                        corrupt_with("p", "refers to a previous one"));
+  BOOST_CHECK_EXCEPTION(save_plan(std::string("\x02\x00\x00\x02", 4)), Error,
                         corrupt_with("p", "usable flag 2"));
   BOOST_CHECK_EXCEPTION(wire::decode_status(payload(wire::Kind::kRankStatus, "\x02"), "p"), Error,
                         corrupt_with("p", "status tag 2"));
@@ -473,10 +570,13 @@ BOOST_AUTO_TEST_CASE(repeated_keys_are_refused) {
       wire::decode_load_plan(payload(wire::Kind::kLoadPlan,
                                      std::string("\x00\x00\x02\x01" "a\x00\x01" "a\x00", 9)), "p"),
       Error, corrupt_with("p", "repeated or out of order"));
-  // Metadata with two state dict entries "x", "x".
+  // Metadata with two state dict entries "x", "x" (the second: one component
+  // shared, none more).
   BOOST_CHECK_EXCEPTION(
-      wire::decode_metadata(payload(wire::Kind::kMetadata,
-                                    std::string("\x02\x02\x00\x01x\x01\x01\x00\x01", 9)), "p"),
+      wire::decode_metadata(
+          payload(wire::Kind::kMetadata,
+                  std::string("\x02\x02\x00\x01\x00\x01x\x01\x01\x00\x01", 11)),
+          "p"),
       Error, corrupt_with("p", "state dict entry 1 is repeated"));
 }
 

@@ -4,6 +4,7 @@
 #include "ringckpt/default_planner.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -69,61 +70,66 @@ std::string kind_str(const WriteItem& item) {
                         : tensor_str(item.tensor_data->size, item.tensor_data->properties.dtype);
 }
 
-// A MetadataIndex by reference, hashed and compared as MetadataIndex compares
-// (fqn and offset; the index hint takes no part).
-struct IndexRef {
-  const MetadataIndex* index;
-  friend bool operator==(const IndexRef& a, const IndexRef& b) { return *a.index == *b.index; }
+
+// Every item's fqn as a dense number, numbered in order of first appearance
+// (rank-major).
+struct FqnIds {
+  std::vector<std::vector<std::uint32_t>> of;  // of[r][i] numbers plans[r].items[i]
+  std::vector<const WriteItem*> first;         // first[id]: the first item so named
+  std::vector<int> first_rank;                 // the rank of first[id]
 };
 
-struct IndexRefHash {
-  std::size_t operator()(const IndexRef& r) const noexcept {
-    std::size_t h = std::hash<std::string_view>{}(r.index->fqn);
-    if (r.index->offset) {
-      h ^= 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-      for (std::int64_t d : *r.index->offset) {
-        h ^= std::hash<std::int64_t>{}(d) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-      }
-    }
-    return h;
-  }
-};
-
-std::size_t total_items(const std::vector<SavePlan>& plans) {
-  std::size_t n = 0;
-  for (const auto& plan : plans) n += plan.items.size();
-  return n;
-}
-
-// Every rank must agree, for each fqn, on tensor-or-bytes and on the dtype and
-// global shape of a tensor.
-void check_consistent(const std::vector<SavePlan>& plans) {
-  struct First {
-    int rank;
-    const WriteItem* item;
-  };
-  std::unordered_map<std::string_view, First> first;
-  first.reserve(total_items(plans));
+// Numbers the fqns of `plans` and checks that every rank agrees, for each
+// fqn, on tensor-or-bytes and on the dtype and global shape of a tensor.
+// Ranks usually plan the same names in the same order, so an item is first
+// compared with the fqn of the item at its position on the previous rank and
+// looked up by hash only if that differs. first[] points into `plans`: valid
+// until an item of it moves.
+FqnIds number_fqns(const std::vector<SavePlan>& plans) {
+  FqnIds ids;
+  ids.of.resize(plans.size());
+  std::unordered_map<std::string_view, std::uint32_t> by_name;
   for (std::size_t r = 0; r < plans.size(); ++r) {
-    for (const auto& item : plans[r].items) {
+    const auto& items = plans[r].items;
+    const std::vector<std::uint32_t>* previous = r > 0 ? &ids.of[r - 1] : nullptr;
+    ids.of[r].reserve(items.size());
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const WriteItem& item = items[i];
       if (!is_bytes(item) && !item.tensor_data) {
         throw Error(ErrorCode::kInvalidArgument, item.index.fqn,
                     "rank " + std::to_string(r) + " plans a tensor item without tensor data");
       }
-      auto [it, inserted] = first.try_emplace(item.index.fqn, First{static_cast<int>(r), &item});
-      if (inserted) continue;
-      const WriteItem& a = *it->second.item;
+      std::uint32_t id;
+      if (previous && i < previous->size() &&
+          ids.first[(*previous)[i]]->index.fqn == item.index.fqn) {
+        id = (*previous)[i];
+      } else {
+        const auto [it, inserted] =
+            by_name.try_emplace(item.index.fqn, static_cast<std::uint32_t>(ids.first.size()));
+        id = it->second;
+        if (inserted) {
+          ids.first.push_back(&item);
+          ids.first_rank.push_back(static_cast<int>(r));
+          ids.of[r].push_back(id);
+          continue;
+        }
+      }
+      ids.of[r].push_back(id);
+      const WriteItem& a = *ids.first[id];
       const bool same = is_bytes(a) == is_bytes(item) &&
                         (is_bytes(a) || (a.tensor_data->size == item.tensor_data->size &&
                                          a.tensor_data->properties == item.tensor_data->properties));
       if (!same) {
         throw Error(ErrorCode::kInvalidArgument, item.index.fqn,
-                    "rank " + std::to_string(it->second.rank) + " saves it as " + kind_str(a) +
-                        ", rank " + std::to_string(r) + " as " + kind_str(item));
+                    "rank " + std::to_string(ids.first_rank[id]) + " saves it as " +
+                        kind_str(a) + ", rank " + std::to_string(r) + " as " + kind_str(item));
       }
     }
   }
+  return ids;
 }
+
+void check_consistent(const std::vector<SavePlan>& plans) { (void)number_fqns(plans); }
 
 // Keeps each item that several ranks hold (same MetadataIndex) on one of them:
 // the one with the fewest planned bytes so far. Items a single rank holds are
@@ -131,39 +137,84 @@ void check_consistent(const std::vector<SavePlan>& plans) {
 // placed greedily in order of first appearance (rank-major), ties to the
 // lowest rank; to_lowest_rank keeps every one on the lowest rank that holds
 // it instead. Within a rank nothing is removed, so a rank's own duplicates
-// still reach validation. Returns whether any item was removed.
-bool dedup_replicated(std::vector<SavePlan>& plans, bool to_lowest_rank) {
+// still reach validation. Returns whether any item was removed; ids.of
+// follows the items removed (ids.first is stale afterwards).
+// As number_fqns, an item is first compared with the group of the item at its
+// position on the previous rank (a replicated item's), then looked up among
+// its fqn's groups.
+bool dedup_replicated(std::vector<SavePlan>& plans, FqnIds& ids, bool to_lowest_rank) {
   struct Group {
+    std::uint32_t id;
     std::size_t rank;                 // the first rank that holds it
     std::vector<std::size_t> others;  // later ranks, ascending, distinct
     const WriteItem* first;
     std::size_t last_rank() const { return others.empty() ? rank : others.back(); }
   };
   std::vector<Group> groups;
-  groups.reserve(total_items(plans));
-  std::unordered_map<IndexRef, std::size_t, IndexRefHash> group_of;
-  group_of.reserve(total_items(plans));
-  std::vector<std::vector<std::size_t>> item_group(plans.size());
+  // The groups of one fqn by offset: `sorted` in increasing offset order, as
+  // shards usually arrive (rank-major), a new one appended or found by binary
+  // search; those that arrive out of order in `late`. O(log n) a lookup.
+  using OffsetRef = const std::optional<Shape>*;  // into `plans`
+  struct OffsetLess {
+    bool operator()(OffsetRef a, OffsetRef b) const { return *a < *b; }
+  };
+  struct OffsetGroups {
+    std::vector<std::uint32_t> sorted;
+    std::map<OffsetRef, std::uint32_t, OffsetLess> late;
+  };
+  std::vector<OffsetGroups> by_offset(ids.first.size());
+  const auto offset_of = [&](std::uint32_t gi) -> const std::optional<Shape>& {
+    return groups[gi].first->index.offset;
+  };
+  std::vector<std::vector<std::uint32_t>> item_group(plans.size());
   for (std::size_t r = 0; r < plans.size(); ++r) {
-    item_group[r].reserve(plans[r].items.size());
-    for (const auto& item : plans[r].items) {
-      auto [it, inserted] = group_of.try_emplace(IndexRef{&item.index}, groups.size());
-      if (inserted) {
-        groups.push_back(Group{r, {}, &item});
+    const auto& items = plans[r].items;
+    const std::vector<std::uint32_t>* previous = r > 0 ? &item_group[r - 1] : nullptr;
+    item_group[r].reserve(items.size());
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const WriteItem& item = items[i];
+      const std::uint32_t id = ids.of[r][i];
+      const std::optional<Shape>& offset = item.index.offset;
+      std::uint32_t gi;
+      if (previous && i < previous->size() && groups[(*previous)[i]].id == id &&
+          offset_of((*previous)[i]) == offset) {
+        gi = (*previous)[i];  // the same item as on the previous rank: replicated
       } else {
-        Group& g = groups[it->second];
-        const WriteItem& a = *g.first;
-        if (!is_bytes(a) && a.tensor_data->chunk.sizes != item.tensor_data->chunk.sizes) {
-          throw Error(ErrorCode::kInvalidArgument, item.index.fqn,
-                      "ranks " + std::to_string(g.rank) + " and " + std::to_string(r) +
-                          " save different chunks at offsets " +
-                          shape_str(a.tensor_data->chunk.offsets) + ": sizes " +
-                          shape_str(a.tensor_data->chunk.sizes) + " and " +
-                          shape_str(item.tensor_data->chunk.sizes));
+        OffsetGroups& known = by_offset[id];
+        const bool after = known.sorted.empty() || offset_of(known.sorted.back()) < offset;
+        std::optional<std::uint32_t> found;
+        if (!after) {
+          const auto at = std::lower_bound(
+              known.sorted.begin(), known.sorted.end(), offset,
+              [&](std::uint32_t g, const std::optional<Shape>& o) { return offset_of(g) < o; });
+          if (offset_of(*at) == offset) found = *at;  // at != end: offset <= the last
         }
-        if (g.last_rank() != r) g.others.push_back(r);
+        if (!found && !known.late.empty()) {
+          const auto it = known.late.find(&offset);
+          if (it != known.late.end()) found = it->second;
+        }
+        if (!found) {
+          gi = static_cast<std::uint32_t>(groups.size());
+          groups.push_back(Group{id, r, {}, &item});
+          if (after) known.sorted.push_back(gi);
+          else known.late.emplace(&offset, gi);
+          item_group[r].push_back(gi);
+          continue;
+        }
+        gi = *found;
       }
-      item_group[r].push_back(it->second);
+      Group& g = groups[gi];
+      const WriteItem& a = *g.first;
+      if (!is_bytes(a) && a.tensor_data->chunk.sizes != item.tensor_data->chunk.sizes) {
+        throw Error(ErrorCode::kInvalidArgument, item.index.fqn,
+                    "ranks " + std::to_string(g.rank) + " and " + std::to_string(r) +
+                        " save different chunks at offsets " +
+                        shape_str(a.tensor_data->chunk.offsets) + ": sizes " +
+                        shape_str(a.tensor_data->chunk.sizes) + " and " +
+                        shape_str(item.tensor_data->chunk.sizes));
+      }
+      if (g.last_rank() != r) g.others.push_back(r);
+      item_group[r].push_back(gi);
     }
   }
 
@@ -183,66 +234,83 @@ bool dedup_replicated(std::vector<SavePlan>& plans, bool to_lowest_rank) {
     keeper[gi] = best;
   }
 
+  // Compacts each rank's items (and their numbers) in place, in plan order.
   bool removed = false;
   for (std::size_t r = 0; r < plans.size(); ++r) {
     auto& items = plans[r].items;
+    auto& numbers = ids.of[r];
     const auto& groups_of_items = item_group[r];
-    std::size_t keep = 0;
-    for (std::size_t i = 0; i < items.size(); ++i) keep += keeper[groups_of_items[i]] == r;
-    if (keep == items.size()) continue;  // nothing moves to another rank
-    removed = true;
-    std::vector<WriteItem> kept;
-    kept.reserve(keep);
+    std::size_t kept = 0;
     for (std::size_t i = 0; i < items.size(); ++i) {
-      if (keeper[groups_of_items[i]] == r) kept.push_back(std::move(items[i]));
+      if (keeper[groups_of_items[i]] != r) continue;
+      if (kept != i) {
+        items[kept] = std::move(items[i]);
+        numbers[kept] = numbers[i];
+      }
+      ++kept;
     }
-    items = std::move(kept);
+    if (kept == items.size()) continue;  // nothing moves to another rank
+    removed = true;
+    items.erase(items.begin() + static_cast<std::ptrdiff_t>(kept), items.end());
+    numbers.resize(kept);
   }
   return removed;
 }
 
-// Every item of the plans, ordered by fqn, each fqn's items in plan order
-// (rank-major).
-std::vector<WriteItem*> items_by_fqn(std::vector<SavePlan>& plans) {
-  std::vector<WriteItem*> order;
-  order.reserve(total_items(plans));
-  for (auto& plan : plans) {
-    for (auto& item : plan.items) order.push_back(&item);
-  }
-  std::stable_sort(order.begin(), order.end(), [](const WriteItem* a, const WriteItem* b) {
-    return a->index.fqn < b->index.fqn;
+// The place of each numbered fqn in fqn order (a permutation).
+// REQUIRES: ids.first valid.
+std::vector<std::uint32_t> fqn_positions(const FqnIds& ids) {
+  std::vector<std::uint32_t> by_name(ids.first.size());
+  for (std::uint32_t id = 0; id < by_name.size(); ++id) by_name[id] = id;
+  std::sort(by_name.begin(), by_name.end(), [&](std::uint32_t a, std::uint32_t b) {
+    return ids.first[a]->index.fqn < ids.first[b]->index.fqn;
   });
-  return order;
+  std::vector<std::uint32_t> position(by_name.size());
+  for (std::uint32_t k = 0; k < by_name.size(); ++k) position[by_name[k]] = k;
+  return position;
 }
 
 // The metadata of the (deduplicated) plans. Sets each tensor item's index
-// hint to its chunk's position. Pre: check_consistent passed; `order` is
-// items_by_fqn(plans), so that the map is filled in key order, each insert at
-// its end, and chunk positions follow plan order.
-Metadata build_metadata(std::vector<SavePlan>& plans, const std::vector<WriteItem*>& order) {
+// hint to its chunk's position. Pre: number_fqns passed; ids.of numbers the
+// items of `plans`; position is fqn_positions(ids). The map is filled in key
+// order, each insert at its end; each fqn's kind and shape are those of its
+// first item in plan order (number_fqns saw the rest agree); its chunks
+// follow plan order (rank-major), filled in one pass over the plans in order.
+Metadata build_metadata(std::vector<SavePlan>& plans, const FqnIds& ids,
+                        const std::vector<std::uint32_t>& position) {
+  const std::size_t n = position.size();
+  std::vector<std::size_t> count(n, 0);          // by place in fqn order
+  std::vector<const WriteItem*> head(n, nullptr);  // its first item
+  for (std::size_t r = 0; r < plans.size(); ++r) {
+    for (std::size_t i = 0; i < plans[r].items.size(); ++i) {
+      const std::uint32_t k = position[ids.of[r][i]];
+      if (count[k]++ == 0) head[k] = &plans[r].items[i];
+    }
+  }
   Metadata md;
   auto& items = md.state_dict_metadata;
-  for (std::size_t k = 0; k < order.size();) {
-    WriteItem& head = *order[k];
-    std::size_t end = k + 1;
-    while (end < order.size() && order[end]->index.fqn == head.index.fqn) ++end;
-    // The kind and shape of the first item: check_consistent saw the rest agree.
-    if (is_bytes(head)) {
-      items.emplace_hint(items.end(), head.index.fqn, BytesStorageMetadata{});
+  std::vector<TensorStorageMetadata*> tensor(n, nullptr);  // into md: map nodes stay
+  for (std::size_t k = 0; k < n; ++k) {
+    if (count[k] == 0) continue;  // every item of this fqn was removed: not reached
+    const WriteItem& h = *head[k];
+    if (is_bytes(h)) {
+      items.emplace_hint(items.end(), h.index.fqn, BytesStorageMetadata{});
     } else {
-      const TensorWriteData& td = *head.tensor_data;
-      auto it = items.emplace_hint(items.end(), head.index.fqn,
+      const TensorWriteData& td = *h.tensor_data;
+      auto it = items.emplace_hint(items.end(), h.index.fqn,
                                    TensorStorageMetadata{td.properties, td.size, {}});
-      auto& tm = std::get<TensorStorageMetadata>(it->second);
-      tm.chunks.reserve(end - k);
-      for (std::size_t i = k; i < end; ++i) {
-        WriteItem& item = *order[i];
-        if (is_bytes(item)) continue;  // not reached: check_consistent
-        item.index.index = tm.chunks.size();
-        tm.chunks.push_back(item.tensor_data->chunk);
-      }
+      tensor[k] = &std::get<TensorStorageMetadata>(it->second);
+      tensor[k]->chunks.reserve(count[k]);
     }
-    k = end;
+  }
+  for (std::size_t r = 0; r < plans.size(); ++r) {
+    for (std::size_t i = 0; i < plans[r].items.size(); ++i) {
+      WriteItem& item = plans[r].items[i];
+      TensorStorageMetadata* tm = tensor[position[ids.of[r][i]]];
+      if (tm == nullptr || is_bytes(item)) continue;  // bytes; is_bytes: not reached
+      item.index.index = tm->chunks.size();
+      tm->chunks.push_back(item.tensor_data->chunk);
+    }
   }
   for (auto& plan : plans) {
     for (const auto& [key, value] : plan.planner_data) md.planner_data.try_emplace(key, value);
@@ -323,16 +391,17 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
     std::vector<SavePlan> all_plans) {
   std::optional<Metadata> built = build_metadata_unique(all_plans);
   if (!built) {
-    check_consistent(all_plans);
+    FqnIds ids = number_fqns(all_plans);
+    const std::vector<std::uint32_t> position = fqn_positions(ids);
     if (options_.dedup_replicated) {
-      dedup_replicated(all_plans, options_.dedup_save_to_lowest_rank);
+      dedup_replicated(all_plans, ids, options_.dedup_save_to_lowest_rank);
     }
-    built = build_metadata(all_plans, items_by_fqn(all_plans));
+    built = build_metadata(all_plans, ids, position);
   }
   Metadata metadata = std::move(*built);
   // validate_global_plan's other half (each item described by the metadata,
   // as its kind) holds by construction: build_metadata entered every item's
-  // fqn as the kind that check_consistent saw all its items agree on.
+  // fqn as the kind that number_fqns saw all its items agree on.
   detail::validate_tensors(metadata);
   return {std::move(all_plans), std::move(metadata)};
 }

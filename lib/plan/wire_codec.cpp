@@ -20,14 +20,24 @@ constexpr std::uint8_t kIndexOffset = 1;  // offset follows
 constexpr std::uint8_t kIndexHint = 2;    // index hint follows
 constexpr std::uint8_t kIndexFlags = kIndexOffset | kIndexHint;
 
-// Flags of a WriteItem's tensor_data. Without kHasTensor no other flag is set.
-constexpr std::uint8_t kHasTensor = 1;
-constexpr std::uint8_t kSizesAsPrevious = 2;   // chunk.sizes == the previous item's
-constexpr std::uint8_t kOffsetsFromIndex = 4;  // chunk.offsets == *index.offset
-constexpr std::uint8_t kOffsetsZero = 8;       // chunk.offsets == zeros, rank of sizes
-constexpr std::uint8_t kGlobalIsChunk = 16;    // size == chunk.sizes
+// A WriteItem's head byte: its type in the low two bits, then flags.
+constexpr std::uint8_t kItemType = 3;
+constexpr std::uint8_t kItemOffset = 4;         // index.offset is set
+constexpr std::uint8_t kItemHint = 8;           // index.index follows
+constexpr std::uint8_t kItemTensor = 16;        // tensor_data follows
+constexpr std::uint8_t kItemOffsetIsChunk = 32; // index.offset == chunk.offsets, not written
+constexpr std::uint8_t kItemBytes = 64;         // bytes_io_size follows (else 0)
+constexpr std::uint8_t kItemFlags =
+    kItemType | kItemOffset | kItemHint | kItemTensor | kItemOffsetIsChunk | kItemBytes;
+
+// Flags of a WriteItem's tensor_data; "previous" is the previous tensor item's.
+constexpr std::uint8_t kSizesAsPrevious = 1;   // chunk.sizes == the previous chunk.sizes
+constexpr std::uint8_t kOffsetsZero = 2;       // chunk.offsets == zeros, rank of sizes
+constexpr std::uint8_t kGlobalIsChunk = 4;     // size == chunk.sizes
+constexpr std::uint8_t kGlobalAsPrevious = 8;  // size == the previous size
+constexpr std::uint8_t kDtypeAsPrevious = 16;  // dtype == the previous dtype
 constexpr std::uint8_t kTensorFlags =
-    kHasTensor | kSizesAsPrevious | kOffsetsFromIndex | kOffsetsZero | kGlobalIsChunk;
+    kSizesAsPrevious | kOffsetsZero | kGlobalIsChunk | kGlobalAsPrevious | kDtypeAsPrevious;
 
 constexpr std::uint8_t kStatusOk = 0;
 constexpr std::uint8_t kStatusFailed = 1;
@@ -119,61 +129,83 @@ std::vector<FileInfo> get_files(WireReader& r) {
 }
 
 // ---------------------------------------------------------------------------
-// WriteItem: index, type, tensor flags, then what the flags do not imply.
+// WriteItem: name, head byte, then what the flags do not imply: index hint,
+// tensor flags, dtype, chunk sizes, chunk offsets, global size, index offset,
+// bytes_io_size. A replicated whole tensor of the same shape and dtype as the
+// item before it takes its name and two bytes.
 
-void put_write_item(WireWriter& w, const WriteItem& item, const Shape*& previous_sizes) {
-  put_index(w, item.index);
-  w.byte(static_cast<std::uint8_t>(item.type));
-  if (!item.tensor_data) {
-    w.byte(0);
-  } else {
-    const TensorWriteData& t = *item.tensor_data;
-    std::uint8_t flags = kHasTensor;
-    if (previous_sizes && *previous_sizes == t.chunk.sizes) flags |= kSizesAsPrevious;
-    if (item.index.offset && *item.index.offset == t.chunk.offsets) {
-      flags |= kOffsetsFromIndex;
-    } else if (t.chunk.offsets.size() == t.chunk.sizes.size() && all_zero(t.chunk.offsets)) {
+// The previous tensor item's fields. Pointers into the plan being coded.
+struct PreviousTensor {
+  const Shape* sizes = nullptr;
+  const Shape* size = nullptr;
+  DType dtype = DType::F32;
+};
+
+void put_write_item(WireWriter& w, const WriteItem& item, PreviousTensor& previous) {
+  w.fqn(item.index.fqn);
+  const TensorWriteData* t = item.tensor_data ? &*item.tensor_data : nullptr;
+  std::uint8_t head = static_cast<std::uint8_t>(item.type);
+  if (item.index.offset) head |= kItemOffset;
+  if (item.index.index) head |= kItemHint;
+  if (t) head |= kItemTensor;
+  if (t && item.index.offset && *item.index.offset == t->chunk.offsets) head |= kItemOffsetIsChunk;
+  if (item.bytes_io_size != 0) head |= kItemBytes;
+  w.byte(head);
+  if (item.index.index) w.u64(*item.index.index);
+  if (t) {
+    std::uint8_t flags = 0;
+    if (previous.sizes && *previous.sizes == t->chunk.sizes) flags |= kSizesAsPrevious;
+    if (t->chunk.offsets.size() == t->chunk.sizes.size() && all_zero(t->chunk.offsets)) {
       flags |= kOffsetsZero;
     }
-    if (t.size == t.chunk.sizes) flags |= kGlobalIsChunk;
+    if (t->size == t->chunk.sizes) {
+      flags |= kGlobalIsChunk;
+    } else if (previous.size && *previous.size == t->size) {
+      flags |= kGlobalAsPrevious;
+    }
+    if (previous.sizes && previous.dtype == t->properties.dtype) flags |= kDtypeAsPrevious;
     w.byte(flags);
-    w.dtype(t.properties.dtype);
-    if (!(flags & kSizesAsPrevious)) w.shape(t.chunk.sizes);
-    if (!(flags & (kOffsetsFromIndex | kOffsetsZero))) w.shape(t.chunk.offsets);
-    if (!(flags & kGlobalIsChunk)) w.shape(t.size);
-    previous_sizes = &t.chunk.sizes;
+    if (!(flags & kDtypeAsPrevious)) w.dtype(t->properties.dtype);
+    if (!(flags & kSizesAsPrevious)) w.shape(t->chunk.sizes);
+    if (!(flags & kOffsetsZero)) w.shape(t->chunk.offsets);
+    if (!(flags & (kGlobalIsChunk | kGlobalAsPrevious))) w.shape(t->size);
+    previous = {&t->chunk.sizes, &t->size, t->properties.dtype};
   }
-  w.u64(item.bytes_io_size);
+  if (item.index.offset && !(head & kItemOffsetIsChunk)) w.shape(*item.index.offset);
+  if (head & kItemBytes) w.u64(item.bytes_io_size);
 }
 
-// Reads into `item` in place: previous_sizes may point into it afterwards.
-void get_write_item(WireReader& r, WriteItem& item, const Shape*& previous_sizes) {
-  item.index = get_index(r);
-  item.type = static_cast<WriteItemType>(r.byte());
-  if (item.type != WriteItemType::TENSOR && item.type != WriteItemType::SHARD &&
-      item.type != WriteItemType::BYTE_IO) {
-    r.fail("write item type " + std::to_string(static_cast<int>(item.type)) + " is not defined");
+// Reads into `item` in place: `previous` may point into it afterwards.
+void get_write_item(WireReader& r, WriteItem& item, PreviousTensor& previous) {
+  item.index.fqn = r.fqn();
+  const std::uint8_t head = r.byte();
+  if ((head & kItemType) > static_cast<std::uint8_t>(WriteItemType::BYTE_IO)) {
+    r.fail("write item type " + std::to_string(head & kItemType) + " is not defined");
   }
-  const std::uint8_t flags = r.byte();
-  if ((flags & ~kTensorFlags) != 0 || (flags != 0 && !(flags & kHasTensor)) ||
-      ((flags & kOffsetsFromIndex) && (flags & kOffsetsZero))) {
-    r.fail("bad tensor flags " + std::to_string(flags));
+  if ((head & ~kItemFlags) != 0 ||
+      ((head & kItemOffsetIsChunk) && !((head & kItemOffset) && (head & kItemTensor)))) {
+    r.fail("bad write item flags " + std::to_string(head));
   }
-  if (flags & kHasTensor) {
-    TensorWriteData t;
-    t.properties.dtype = r.dtype();
+  item.type = static_cast<WriteItemType>(head & kItemType);
+  if (head & kItemHint) item.index.index = static_cast<std::size_t>(r.u64());
+  if (head & kItemTensor) {
+    const std::uint8_t flags = r.byte();
+    if ((flags & ~kTensorFlags) != 0 ||
+        ((flags & kGlobalIsChunk) && (flags & kGlobalAsPrevious))) {
+      r.fail("bad tensor flags " + std::to_string(flags));
+    }
+    if ((flags & (kSizesAsPrevious | kGlobalAsPrevious | kDtypeAsPrevious)) && !previous.sizes) {
+      r.fail("the first tensor item refers to a previous one");
+    }
+    TensorWriteData& t = item.tensor_data.emplace();
+    t.properties.dtype = (flags & kDtypeAsPrevious) ? previous.dtype : r.dtype();
     if (flags & kSizesAsPrevious) {
-      if (!previous_sizes) r.fail("the first tensor item refers to a previous one");
-      r.expand(*previous_sizes);
-      t.chunk.sizes = *previous_sizes;
+      r.expand(*previous.sizes);
+      t.chunk.sizes = *previous.sizes;
     } else {
       t.chunk.sizes = r.shape();
     }
-    if (flags & kOffsetsFromIndex) {
-      if (!item.index.offset) r.fail("chunk offsets refer to an index without offset");
-      r.expand(*item.index.offset);
-      t.chunk.offsets = *item.index.offset;
-    } else if (flags & kOffsetsZero) {
+    if (flags & kOffsetsZero) {
       r.expand(t.chunk.sizes);
       t.chunk.offsets.assign(t.chunk.sizes.size(), 0);
     } else {
@@ -182,18 +214,25 @@ void get_write_item(WireReader& r, WriteItem& item, const Shape*& previous_sizes
     if (flags & kGlobalIsChunk) {
       r.expand(t.chunk.sizes);
       t.size = t.chunk.sizes;
+    } else if (flags & kGlobalAsPrevious) {
+      r.expand(*previous.size);
+      t.size = *previous.size;
     } else {
       t.size = r.shape();
     }
-    item.tensor_data = std::move(t);
-    previous_sizes = &item.tensor_data->chunk.sizes;
+    previous = {&t.chunk.sizes, &t.size, t.properties.dtype};
   }
-  item.bytes_io_size = r.u64();
+  if (head & kItemOffsetIsChunk) {
+    r.expand(item.tensor_data->chunk.offsets);
+    item.index.offset = item.tensor_data->chunk.offsets;
+  } else if (head & kItemOffset) {
+    item.index.offset = r.shape();
+  }
+  if (head & kItemBytes) item.bytes_io_size = r.u64();
 }
 
-// Least bytes an item can take: the index (name 2, flags 1), type, flags,
-// bytes_io_size.
-constexpr std::size_t kMinWriteItem = 6;
+// Least bytes an item can take: the name (2) and the head byte.
+constexpr std::size_t kMinWriteItem = 3;
 // type, two indexes, three shapes.
 constexpr std::size_t kMinReadItem = 1 + 3 + 1 + 3 + 1 + 1;
 
@@ -250,8 +289,8 @@ std::string_view kind_name(Kind kind) noexcept {
 std::string encode(const SavePlan& plan) {
   WireWriter w(Kind::kSavePlan, 64 + plan.items.size() * 40 + plan.storage_data.size());
   w.u64(plan.items.size());
-  const Shape* previous_sizes = nullptr;
-  for (const WriteItem& item : plan.items) put_write_item(w, item, previous_sizes);
+  PreviousTensor previous;
+  for (const WriteItem& item : plan.items) put_write_item(w, item, previous);
   w.string(plan.storage_data);
   put_map(w, plan.planner_data);
   w.byte(plan.usable ? 1 : 0);
@@ -262,9 +301,9 @@ SavePlan decode_save_plan(std::string_view bytes, const std::string& source) {
   WireReader r(bytes, Kind::kSavePlan, source);
   SavePlan plan;
   plan.items.resize(r.count(kMinWriteItem, "write item"));
-  const Shape* previous_sizes = nullptr;
-  // previous_sizes points into plan.items, sized once above and never resized.
-  for (WriteItem& item : plan.items) get_write_item(r, item, previous_sizes);
+  PreviousTensor previous;
+  // previous points into plan.items, sized once above and never resized.
+  for (WriteItem& item : plan.items) get_write_item(r, item, previous);
   plan.storage_data = r.string();
   plan.planner_data = get_map(r, "planner data");
   const std::uint8_t usable = r.byte();

@@ -13,20 +13,28 @@
 //   varint   unsigned LEB128, shortest form only (at most 10 bytes)
 //   signed   zig-zag, then varint
 //   string   varint length, then the bytes (any bytes, NUL included)
-//   name     varint length shared with the previous name of the same payload,
-//            then the rest as a string: sorted or grouped dotted names
-//            ("model.layers.17.attn.q_proj.weight") cost little more than their
-//            last component. File names are a second chain of their own.
+//   name     split at each '.' into components: varint count of leading
+//            components equal to the previous name's of the same payload,
+//            varint count of the others, then each of them as varint code:
+//            0 and a string (a literal, numbered in order from 0), or k + 1
+//            for literal k. So "model.layers.17.attention.wq.weight" after
+//            "model.layers.17.attention.wk.weight" takes 4 bytes, and after
+//            "model.layers.16.ffn_norm.weight" 9 bytes (all but "17" seen before).
+//   path     varint length shared with the previous path of the payload, then
+//            the rest as a string.
 //   shape    varint rank, then one signed per dimension
 //   dtype    one byte: the position in kAllDTypes
-// A WriteItem stores its chunk against what the previous item and its own
-// index already say (same sizes as the previous item, offsets all zero or equal
-// to the index offset, global shape equal to the chunk), so that the replicated
-// shapes and dtypes of a transformer's plan take a few bytes an item.
+// A WriteItem is its name, a head byte (type and which fields follow), then
+// its fields, each stored against what the previous tensor item and its own
+// fields already say (same chunk sizes, global shape or dtype as the previous
+// item, chunk offsets zero, global shape equal to the chunk, index offset equal
+// to the chunk offsets; bytes_io_size 0), so that a replicated whole tensor
+// (the same item on every rank) costs its name and two bytes, and a row shard
+// a few more.
 //
 // Decoding takes hostile input: every count and length is checked against the
 // bytes left before anything is allocated; what earlier bytes stand for
-// (shared name prefixes, repeated shapes) may expand a payload at most 16-fold
+// (shared name components, repeated shapes) may expand a payload at most 16-fold
 // plus 64 MiB (a plan beyond that, thousands of names of tens of KB each, is
 // refused); and a truncated, overlong (a varint not in shortest form, bytes
 // after the end), wrong-magic, wrong-version or wrong-kind payload throws
@@ -47,7 +55,7 @@
 namespace ringckpt::wire {
 
 inline constexpr std::uint8_t kMagic = 0xB5;
-inline constexpr std::uint8_t kVersion = 1;
+inline constexpr std::uint8_t kVersion = 2;  // 2: component-coded names, compact WriteItems
 inline constexpr std::size_t kHeaderSize = 3;
 
 enum class Kind : std::uint8_t {

@@ -1,5 +1,5 @@
 // lib/plan/wire_primitives.hpp — the byte-level pieces of the wire codec:
-// varints, zig-zag, strings, shapes, dtypes and chained names, written by
+// varints, zig-zag, strings, shapes, dtypes, names and chained paths, written by
 // WireWriter and read back, hostile-safe, by WireReader (layout in
 // wire_codec.hpp). Used by wire_codec.cpp only.
 #pragma once
@@ -10,7 +10,9 @@
 #include <iterator>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "plan/wire_codec.hpp"
 #include "ringckpt/dtype.hpp"
@@ -28,8 +30,9 @@ constexpr bool dtypes_in_enum_order() {
 static_assert(dtypes_in_enum_order(), "the wire stores a DType as its position in kAllDTypes");
 static_assert(sizeof(std::size_t) == sizeof(std::uint64_t), "index hints travel as 64 bits");
 
-// Appends one payload. Names and file paths are each a chain: a name is stored
-// against the previous one of its chain.
+// Appends one payload. A name is stored against the previous name and the
+// components seen before (layout in wire_codec.hpp); file paths are a chain of
+// shared prefixes.
 class WireWriter {
  public:
   WireWriter(Kind kind, std::size_t reserve) {
@@ -62,7 +65,49 @@ class WireWriter {
     for (std::int64_t d : s) i64(d);
   }
   void dtype(DType t) { byte(static_cast<std::uint8_t>(t)); }
-  void fqn(std::string_view s) { chained(s, previous_fqn_); }
+  void fqn(std::string_view s) {
+    // Components 0..shared-1 of s and of the previous name are equal iff
+    // their bytes up to the end of component shared-1 of the previous name
+    // are, and s ends or has a '.' there.
+    const std::size_t common = static_cast<std::size_t>(
+        std::mismatch(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(
+                                                 std::min(s.size(), previous_.size())),
+                      previous_.begin())
+            .first -
+        s.begin());
+    std::size_t shared = 0;
+    while (shared < ends_.size() &&
+           (ends_[shared] < common ||
+            (ends_[shared] == common && (common == s.size() || s[common] == '.')))) {
+      ++shared;
+    }
+    ends_.resize(shared);
+    // The other components start after the '.' that ends the last shared one
+    // (none if s ends there).
+    std::size_t start = shared == 0 ? 0 : ends_.back() + 1;
+    std::size_t rest = 0;
+    if (start <= s.size()) rest = 1 + static_cast<std::size_t>(
+                                         std::count(s.begin() + static_cast<std::ptrdiff_t>(start),
+                                                    s.end(), '.'));
+    u64(shared);
+    u64(rest);
+    for (std::size_t i = 0; i < rest; ++i) {
+      std::size_t end = s.find('.', start);
+      if (end == std::string_view::npos) end = s.size();
+      const std::string_view part = s.substr(start, end - start);
+      const auto it = components_.find(part);
+      if (it != components_.end()) {
+        u64(it->second + 1);
+      } else {
+        u64(0);
+        string(part);
+        components_.emplace(std::string(part), components_.size());
+      }
+      ends_.push_back(end);
+      start = end + 1;
+    }
+    previous_.assign(s);
+  }
   void path(std::string_view s) { chained(s, previous_path_); }
 
   std::string take() && { return std::move(out_); }
@@ -77,8 +122,19 @@ class WireWriter {
     previous.assign(s);
   }
 
+  struct ViewHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept {
+      return std::hash<std::string_view>{}(s);
+    }
+  };
+
   std::string out_;
-  std::string previous_fqn_;
+  // Names: the previous one and its components, each distinct component
+  // written so far with its number (the order of first appearance).
+  std::string previous_;             // the previous name
+  std::vector<std::size_t> ends_;    // where each component of previous_ ends
+  std::unordered_map<std::string, std::uint64_t, ViewHash, std::equal_to<>> components_;
   std::string previous_path_;
 };
 
@@ -152,9 +208,10 @@ class WireReader {
     }
     return static_cast<std::size_t>(n);
   }
-  std::string string() {
-    const std::size_t n = count(1, "string length");
-    std::string s(data_.substr(pos_, n));
+  std::string string() { return std::string(view(count(1, "string length"))); }
+  // The next `n` bytes, in place. REQUIRES: n <= left().
+  std::string_view view(std::size_t n) {
+    const std::string_view s = data_.substr(pos_, n);
     pos_ += n;
     return s;
   }
@@ -189,7 +246,40 @@ class WireReader {
   // expand() for a copy of `s`.
   void expand(const Shape& s) { expand(s.size() * sizeof(std::int64_t)); }
 
-  std::string fqn() { return chained(previous_fqn_); }
+  // A name: components shared with the previous name, then the others, each a
+  // literal (numbered in order) or the number of an earlier literal.
+  std::string fqn() {
+    const std::uint64_t shared = u64();
+    if (shared > ends_.size()) {
+      fail("a name shares " + std::to_string(shared) + " components with a previous name of " +
+           std::to_string(ends_.size()));
+    }
+    const std::size_t rest = count(1, "name component");
+    if (shared + rest == 0) fail("a name has no component");
+    ends_.resize(static_cast<std::size_t>(shared));
+    previous_.resize(ends_.empty() ? 0 : ends_.back());
+    expand(previous_.size());
+    for (std::size_t i = 0; i < rest; ++i) {
+      const std::uint64_t code = u64();
+      std::string_view part;
+      if (code == 0) {
+        part = view(count(1, "string length"));
+        components_.push_back(part);
+      } else {
+        if (code > components_.size()) {
+          fail("name component " + std::to_string(code - 1) + " is not defined (" +
+               std::to_string(components_.size()) + " so far)");
+        }
+        part = components_[static_cast<std::size_t>(code - 1)];
+        expand(part.size() + 1);
+      }
+      if (!ends_.empty()) previous_ += '.';
+      previous_ += part;
+      ends_.push_back(previous_.size());
+    }
+    return previous_;
+  }
+
   std::string path() { return chained(previous_path_); }
 
   // Called after the last field: throws if bytes are left over.
@@ -224,7 +314,11 @@ class WireReader {
   static constexpr std::uint64_t kExpansionFloor = std::uint64_t{64} << 20;
   const std::uint64_t expansion_limit_;
   std::uint64_t expanded_ = 0;  // <= expansion_limit_
-  std::string previous_fqn_;
+  // Names: every literal component so far (in order, viewing data_), the
+  // previous name and where each of its components ends.
+  std::vector<std::string_view> components_;
+  std::string previous_;
+  std::vector<std::size_t> ends_;
   std::string previous_path_;
 };
 
