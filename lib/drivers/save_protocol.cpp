@@ -41,7 +41,8 @@ class GlobalStep {
     return plan(std::move(plans));
   }
 
-  std::shared_ptr<const Metadata> skeleton;  // set by operator()
+  // Set by operator(): the metadata of this save before its results.
+  std::shared_ptr<const Metadata> skeleton;
 
  private:
   // The plan rank r's token names. Throws unless rank 0 holds it.
@@ -50,7 +51,7 @@ class GlobalStep {
     const wire::SamePlan token = wire::decode_same_plan(token_bytes, source);
     const auto at = static_cast<std::size_t>(r);
     if (cache_ == nullptr || at >= cache_->locals.size() || cache_->locals[at].empty() ||
-        fingerprint_of(cache_->locals[at]) != token.fingerprint) {
+        cache_->local_fingerprints[at] != token.fingerprint) {
       throw Error(ErrorCode::kInvalidArgument, source,
                   "names a local plan the coordinator does not hold");
     }
@@ -71,7 +72,6 @@ class GlobalStep {
           wire::SamePlan{cache_->global_fingerprints[r], std::move(shells[r].storage_data)}));
     }
     skeleton = cache_->skeleton;
-    cached = true;
     return out;
   }
 
@@ -96,11 +96,14 @@ class GlobalStep {
     for (const auto& g : planned) out.push_back(wire::encode(g));
     skeleton = std::make_shared<const Metadata>(std::move(metadata));
     if (cache_) {
-      std::vector<std::uint64_t> fingerprints;
+      std::vector<std::uint64_t> fingerprints, local_fingerprints;
       fingerprints.reserve(out.size());
+      local_fingerprints.reserve(out.size());
       for (const auto& g : out) fingerprints.push_back(fingerprint_of(g));
+      for (const auto& l : encoded) local_fingerprints.push_back(fingerprint_of(l));
       // Committed to the cache only once nothing can fail any more.
       cache_->locals = std::move(encoded);
+      cache_->local_fingerprints = std::move(local_fingerprints);
       cache_->global_fingerprints = std::move(fingerprints);
       cache_->planner_data = std::move(planner_data);
       cache_->skeleton = skeleton;
@@ -111,9 +114,6 @@ class GlobalStep {
   StorageWriter& writer_;
   SavePlanner& planner_;
   PlanCache* cache_;
-
- public:
-  bool cached = false;
 };
 
 // This rank's global plan from rank 0's payload: a plan, or a token naming
@@ -149,6 +149,7 @@ void PlanCache::clear() {
   global = SavePlan{};
   global_fingerprint = 0;
   locals.clear();
+  local_fingerprints.clear();
   global_fingerprints.clear();
   planner_data.clear();
   skeleton.reset();

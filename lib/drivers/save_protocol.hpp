@@ -46,10 +46,11 @@ struct PlanCache {
   std::string local;                   // the local plan sent last, encoded; empty: none
   SavePlan global;                     // the global plan received for it
   std::uint64_t global_fingerprint = 0;  // checksum_of the payload that carried it
-  // Rank 0's side (empty elsewhere): per rank, the last local plan (encoded),
-  // the fingerprint of the global plan sent back and its planner_data; and
-  // the metadata create_global_plan made.
+  // Rank 0's side (empty elsewhere): per rank, the last local plan (encoded)
+  // and its fingerprint, the fingerprint of the global plan sent back and its
+  // planner_data; and the metadata create_global_plan made.
   std::vector<std::string> locals;
+  std::vector<std::uint64_t> local_fingerprints;
   std::vector<std::uint64_t> global_fingerprints;
   std::vector<std::map<std::string, std::string>> planner_data;
   std::shared_ptr<const Metadata> skeleton;
