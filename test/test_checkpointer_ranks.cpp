@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <functional>
+#include <stdexcept>
 #include <thread>
 
 #include "ringckpt/ringckpt.hpp"
@@ -20,8 +21,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Boost.Test's assertions are not thread-safe: a rank thread reports what
+// it finds wrong by throwing, and on_ranks asserts on the main thread.
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::runtime_error(what);
+}
+
 // Runs body(rank, coordinator) on `world` threads of one ThreadGroup and
-// joins them; the first exception a rank lets escape fails the test.
+// joins them; an exception a rank lets escape fails the test.
 void on_ranks(int world, const std::function<void(int, Coordinator&)>& body,
               std::chrono::milliseconds timeout = 60s) {
   ThreadGroup group(world, timeout);
@@ -62,7 +69,7 @@ void check_load_by(int world, const fs::path& dir, std::uint64_t seed, std::int6
     Checkpointer ckpt(options(), c);
     RankShards part(rank, world, seed, true, grow);
     ckpt.load(part.sd(), dir);
-    BOOST_TEST(part.mismatch() == "");
+    require(part.mismatch().empty(), part.mismatch());
   });
 }
 
@@ -230,8 +237,8 @@ BOOST_AUTO_TEST_CASE(saves_and_loads_in_flight_together_keep_their_order) {
     SaveHandle h2 = ckpt.async_save(b.sd(), root.path() / "b");
     h1.committed.get();
     h2.committed.get();
-    BOOST_TEST(!loaded.get_future().get());
-    BOOST_TEST(old_part.mismatch() == "");
+    require(!loaded.get_future().get(), "the load failed");
+    require(old_part.mismatch().empty(), old_part.mismatch());
   });
   check_load_by(3, root.path() / "a", 22);
   check_load_by(3, root.path() / "b", 23);

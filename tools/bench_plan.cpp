@@ -112,7 +112,7 @@ std::vector<SaveTimes> run_once(int ranks, int entries) {
           detail::run_save(
               sd, writer, planner, c,
               [](const SavePlan&, SavePlanner&) { return WriteResults{}; },
-              {.cache = &cache, .share_metadata = false});
+              {.cache = &cache, .share_metadata = false, .refuse = nullptr, .where = "bench"});
         }
         if (cache.cached_plans != 1) failures[static_cast<std::size_t>(r)] = "plan not cached";
       } catch (const std::exception& e) {
@@ -147,10 +147,11 @@ int run_plan_bench(const BenchOptions& o) {
     auto sizes = [](const SaveTimes& s) {
       return std::vector<double>(s.payload.begin(), s.payload.end());
     };
-    payload.push_back(median(sizes(saves[0])));
-    payload_max.push_back(*std::ranges::max_element(sizes(saves[0])));
-    cached_payload.push_back(median(sizes(saves[1])));
-    cached_payload_max.push_back(*std::ranges::max_element(sizes(saves[1])));
+    const std::vector<double> cold = sizes(saves[0]), cached = sizes(saves[1]);
+    payload.push_back(median(cold));
+    payload_max.push_back(*std::ranges::max_element(cold));
+    cached_payload.push_back(median(cached));
+    cached_payload_max.push_back(*std::ranges::max_element(cached));
     bar.update(run + 1, o.repeat + 1);
   }
   const double reshard_ms = reshard_scenario::reshard_plan_ms(static_cast<int>(o.repeat));
