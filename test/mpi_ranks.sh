@@ -2,7 +2,8 @@
 # test/mpi_ranks.sh MPIRUN TEST_MPI_RANKS — the Checkpointer on MPI ranks,
 # step by step (test/test_mpi_ranks.cpp): a checkpoint saved by 3 ranks,
 # loaded by 2, by 4 and by one plain process; plan caching; a rank that
-# throws; a rank that dies (mpirun must exit non-zero in time); the
+# throws; DCP's example planners; cross-dtype loads and the strict refusal;
+# a rank that dies (mpirun must exit non-zero in time); the
 # MPI_THREAD_MULTIPLE check. Every step runs under a time limit.
 set -u
 
@@ -36,6 +37,8 @@ run 120 4 load_own_part || fail "load by 4 ranks"
 run 120 0 load_whole || fail "load by one process"
 run 120 3 plan_caching || fail "plan caching on 3 ranks"
 run 120 3 one_rank_throws || fail "a rank that throws"
+run 120 3 example_planners || fail "DCP's example planners on 3 ranks"
+run 120 3 dtype_casts || fail "cross-dtype loads on 3 ranks"
 RINGCKPT_TEST_MPI_FUNNELED=1 run 60 2 needs_thread_multiple || fail "the MPI_THREAD_MULTIPLE check"
 
 start=$(date +%s)

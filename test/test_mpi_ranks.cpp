@@ -9,6 +9,9 @@
 #include <boost/test/unit_test.hpp>
 
 #include <csignal>
+#include <cstring>
+#include <set>
+#include <tuple>
 #include <cstdlib>
 #include <filesystem>
 
@@ -148,4 +151,151 @@ BOOST_AUTO_TEST_CASE(needs_thread_multiple) {
   const auto e = error_of([&] { Checkpointer ckpt(options(), world); });
   BOOST_TEST_REQUIRE(e.has_value());
   BOOST_TEST(contains(e->what(), "MPI_THREAD_MULTIPLE"));
+}
+
+// ---------------------------------------------------------------------------
+// DCP's example planners and cross-dtype loads, on every rank.
+
+namespace {
+
+constexpr std::int64_t kRows = 12, kCols = 8;
+
+// Element (r, c) of the global "w": a quarter, exact in F16 and BF16.
+double w_at(std::int64_t r, std::int64_t c) { return static_cast<double>(r * kCols + c) / 4; }
+
+// This rank's rows of "w" as T, and a replicated "bias", in a state dict.
+template <typename T>
+struct Rows {
+  std::int64_t begin = 0, end = 0;
+  std::vector<T> w, bias;
+  StateDict sd;
+  Rows(int rank, int world, DType dtype, bool blank) {
+    std::tie(begin, end) = part(kRows, rank, world);
+    for (std::int64_t r = begin; r < end; ++r) {
+      for (std::int64_t c = 0; c < kCols; ++c) w.push_back(blank ? T{} : static_cast<T>(w_at(r, c)));
+    }
+    for (std::int64_t c = 0; c < kCols; ++c) bias.push_back(blank ? T{} : static_cast<T>(c) / 2);
+    sd.add("w", ShardedTensor{dtype, {kRows, kCols},
+                              {{TensorView{w.data(), dtype, {end - begin, kCols}}, {begin, 0}}}});
+    sd.add("bias", TensorView{bias.data(), dtype, {kCols}});
+  }
+  bool holds_model() const {
+    for (std::int64_t r = begin; r < end; ++r) {
+      for (std::int64_t c = 0; c < kCols; ++c) {
+        if (static_cast<double>(w[static_cast<std::size_t>((r - begin) * kCols + c)]) != w_at(r, c)) {
+          return false;
+        }
+      }
+    }
+    for (std::int64_t c = 0; c < kCols; ++c) {
+      if (static_cast<double>(bias[static_cast<std::size_t>(c)]) != static_cast<double>(c) / 2) {
+        return false;
+      }
+    }
+    return true;
+  }
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(example_planners) {
+  MpiCoordinator world;
+  const int rank = world.rank(), n = world.world_size();
+  Checkpointer ckpt(options(), world);
+  const fs::path dir = shared_dir() / "planners";
+  Rows<float> model(rank, n, DType::F32, false);
+  {  // RenamePlanner: saved under a prefix, loaded back under the original names.
+    RenameSavePlanner save_planner("ema.");
+    const Metadata md = ckpt.save(model.sd, dir / "rename", {.planner = &save_planner});
+    BOOST_TEST(md.state_dict_metadata.count("ema.w") == 1u);
+    Rows<float> back(rank, n, DType::F32, true);
+    RenameLoadPlanner load_planner("ema.");
+    ckpt.load(back.sd, dir / "rename", &load_planner);
+    BOOST_TEST(back.holds_model());
+  }
+  for (DType stored : {DType::F16, DType::BF16}) {  // FP16Planner: stored narrow, loaded as F32
+    BOOST_TEST_CONTEXT("stored as " << dtype_name(stored)) {
+      FP16Planner save_planner(stored);
+      const fs::path at = dir / ("fp16-" + std::string(dtype_name(stored)));
+      const Metadata md = ckpt.save(model.sd, at, {.planner = &save_planner});
+      BOOST_TEST((std::get<TensorStorageMetadata>(md.state_dict_metadata.at("w")).properties.dtype ==
+                  stored));
+      Rows<float> back(rank, n, DType::F32, true);
+      ckpt.load(back.sd, at);
+      BOOST_TEST(back.holds_model());
+    }
+  }
+  {  // LoadBalancingPlanner: every rank holds everything; the writes are spread.
+    std::vector<float> whole;
+    for (std::int64_t r = 0; r < kRows; ++r) {
+      for (std::int64_t c = 0; c < kCols; ++c) whole.push_back(static_cast<float>(w_at(r, c)));
+    }
+    StateDict all;
+    all.add("w", TensorView{whole.data(), DType::F32, {kRows, kCols}});
+    all.add("bias", TensorView{model.bias.data(), DType::F32, {kCols}});
+    LoadBalancingPlanner save_planner;
+    const Metadata md = ckpt.save(all, dir / "balanced", {.planner = &save_planner});
+    std::set<std::string> writers;  // the ranks ("__r") whose files hold items
+    for (const auto& [index, where] : md.storage_data) {
+      writers.insert(where.relative_path.substr(0, where.relative_path.find('_', 2)));
+    }
+    BOOST_TEST(writers.size() == std::min<std::size_t>(2, static_cast<std::size_t>(n)));
+    Rows<float> back(rank, n, DType::F32, true);
+    ckpt.load(back.sd, dir / "balanced");
+    BOOST_TEST(back.holds_model());
+  }
+  {  // SaveExtraDataPlanner: each rank's bytes in planner_data, read back by all.
+    SaveExtraDataPlanner save_planner(rank, {{"rank", std::to_string(rank)}});
+    const Metadata md = ckpt.save(model.sd, dir / "extra", {.planner = &save_planner});
+    for (int q = 0; q < n; ++q) {
+      BOOST_TEST(SaveExtraDataPlanner::rank_data(md, q).at("rank") == std::to_string(q));
+    }
+  }
+  {  // MetaModelMaterialize: destinations allocated while loading.
+    std::vector<std::vector<std::byte>> owned;
+    MetaModelMaterialize load_planner([&](const std::string&, DType dtype, const Shape& shape) {
+      owned.emplace_back(static_cast<std::size_t>(numel(shape)) * dtype_size(dtype));
+      return static_cast<void*>(owned.back().data());
+    });
+    StateDict meta;  // empty: the planner makes every entry the checkpoint holds
+    ckpt.load(meta, dir / "balanced", &load_planner);
+    BOOST_TEST(load_planner.allocations() == 2u);  // w and bias
+    const auto* w = std::get_if<TensorView>(meta.find("w"));
+    BOOST_TEST_REQUIRE(w != nullptr);
+    BOOST_TEST_REQUIRE(w->data != nullptr);
+    BOOST_TEST_REQUIRE(w->numel() == kRows * kCols);
+    const auto* values = static_cast<const float*>(w->data);
+    bool same = true;
+    for (std::int64_t i = 0; i < kRows * kCols; ++i) {
+      same = same && values[i] == static_cast<float>(w_at(i / kCols, i % kCols));
+    }
+    BOOST_TEST(same);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(dtype_casts) {
+  MpiCoordinator world;
+  const int rank = world.rank(), n = world.world_size();
+  Checkpointer ckpt(options(), world);
+  const fs::path dir = shared_dir() / "casts";
+  {  // F32 saved, loaded as F64 (widening) and refused under strict_dtype
+    Rows<float> narrow(rank, n, DType::F32, false);
+    ckpt.save(narrow.sd, dir / "f32");
+    Rows<double> wide(rank, n, DType::F64, true);
+    ckpt.load(wide.sd, dir / "f32");
+    BOOST_TEST(wide.holds_model());
+    Rows<double> strict(rank, n, DType::F64, true);
+    DefaultLoadPlanner refusing({.allow_partial_load = false, .strict_dtype = true});
+    const auto e = error_of([&] { ckpt.load(strict.sd, dir / "f32", &refusing); });
+    BOOST_TEST_REQUIRE(e.has_value());
+    BOOST_TEST((e->code() == ErrorCode::kMismatch), e->what());
+    BOOST_TEST((contains(e->what(), "bias") || contains(e->what(), "w")), e->what());
+  }
+  {  // F64 saved, loaded as F32 (narrowing)
+    Rows<double> wide(rank, n, DType::F64, false);
+    ckpt.save(wide.sd, dir / "f64");
+    Rows<float> narrow(rank, n, DType::F32, true);
+    ckpt.load(narrow.sd, dir / "f64");
+    BOOST_TEST(narrow.holds_model());
+  }
 }

@@ -414,16 +414,20 @@ void Checkpointer::start_save(const StateDict& state_dict, std::filesystem::path
 
 namespace {
 
-// The committed metadata.json of `task`, read back on a rank other than 0.
+// The committed metadata.json of `task`, read back on a rank other than 0,
+// and checked to be of this save: its data files carry this save's
+// generation (storage_data is "__{rank}_{generation}_").
 Metadata read_committed(const SaveTask& task) {
   Metadata metadata = read_metadata(task.dir);
-  if (task.storage_data.empty()) return metadata;
+  const std::size_t at = task.storage_data.find('_', 2);
+  if (at == std::string::npos || metadata.files.empty()) return metadata;
+  const std::string generation = task.storage_data.substr(at);  // "_{generation}_"
   for (const FileInfo& file : metadata.files) {
-    if (file.relative_path.starts_with(task.storage_data)) return metadata;
+    if (file.relative_path.find(generation) != std::string::npos) return metadata;
   }
   throw Error(ErrorCode::kNotFound, (task.dir / kMetadataFile).string(),
-              "does not list this rank's files of the save just committed (" + task.storage_data +
-                  "*): replaced since?");
+              "is not of the save just committed (no data file of generation " +
+                  generation.substr(1, generation.size() - 2) + "): replaced since?");
 }
 
 }  // namespace
