@@ -92,9 +92,11 @@ class TimingCoordinator final : public Coordinator {
   std::size_t step_ = 0;
 };
 
-// One run: two saves (cold, cached) by `ranks` threads.
-std::vector<SaveTimes> run_once(int ranks, int entries) {
-  std::vector<SaveTimes> saves(2);
+// `runs` runs of two saves each (cold, then cached) by the same `ranks`
+// threads, as a long-running job's ranks would: each run starts from an
+// empty plan cache. Returns the saves in order.
+std::vector<SaveTimes> run_saves(int ranks, int entries, unsigned runs) {
+  std::vector<SaveTimes> saves(2 * runs);
   for (auto& s : saves) s.payload.assign(static_cast<std::size_t>(ranks), 0);
   ThreadGroup group(ranks, std::chrono::minutes(30));
   std::vector<std::string> failures(static_cast<std::size_t>(ranks));
@@ -105,16 +107,18 @@ std::vector<SaveTimes> run_once(int ranks, int entries) {
       try {
         const StateDict sd = ringckpt::bench::global_plan_state_dict(r, ranks, entries);
         TimingCoordinator c(group.member(r), saves);
-        detail::PlanCache cache;
         PlanOnlyWriter writer;
-        for (int save = 0; save < 2; ++save) {
-          DefaultSavePlanner planner;
-          detail::run_save(
-              sd, writer, planner, c,
-              [](const SavePlan&, SavePlanner&) { return WriteResults{}; },
-              {.cache = &cache, .share_metadata = false, .refuse = nullptr, .where = "bench"});
+        for (unsigned run = 0; run < runs; ++run) {
+          detail::PlanCache cache;
+          for (int save = 0; save < 2; ++save) {
+            DefaultSavePlanner planner;
+            detail::run_save(
+                sd, writer, planner, c,
+                [](const SavePlan&, SavePlanner&) { return WriteResults{}; },
+                {.cache = &cache, .share_metadata = false, .refuse = nullptr, .where = "bench"});
+          }
+          if (cache.cached_plans != 1) throw std::runtime_error("the second save was not cached");
         }
-        if (cache.cached_plans != 1) failures[static_cast<std::size_t>(r)] = "plan not cached";
       } catch (const std::exception& e) {
         failures[static_cast<std::size_t>(r)] = e.what();
       }
@@ -139,23 +143,20 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
 int run_plan_bench(const BenchOptions& o) {
   const int ranks = static_cast<int>(o.plan_ranks), entries = static_cast<int>(o.entries);
   std::vector<double> cold_ms, cached_ms, payload, payload_max, cached_payload, cached_payload_max;
-  ProgressBar bar("plan");
+  const std::vector<SaveTimes> saves = run_saves(ranks, entries, o.repeat);
   for (unsigned run = 0; run < o.repeat; ++run) {
-    const std::vector<SaveTimes> saves = run_once(ranks, entries);
-    cold_ms.push_back(ms_between(saves[0].plans_in, saves[0].plans_out));
-    cached_ms.push_back(ms_between(saves[1].plans_in, saves[1].plans_out));
-    auto sizes = [](const SaveTimes& s) {
-      return std::vector<double>(s.payload.begin(), s.payload.end());
-    };
-    const std::vector<double> cold = sizes(saves[0]), cached = sizes(saves[1]);
-    payload.push_back(median(cold));
-    payload_max.push_back(*std::ranges::max_element(cold));
-    cached_payload.push_back(median(cached));
-    cached_payload_max.push_back(*std::ranges::max_element(cached));
-    bar.update(run + 1, o.repeat + 1);
+    const SaveTimes& cold = saves[2 * run];
+    const SaveTimes& cached = saves[2 * run + 1];
+    cold_ms.push_back(ms_between(cold.plans_in, cold.plans_out));
+    cached_ms.push_back(ms_between(cached.plans_in, cached.plans_out));
+    const std::vector<double> cold_sizes(cold.payload.begin(), cold.payload.end());
+    const std::vector<double> cached_sizes(cached.payload.begin(), cached.payload.end());
+    payload.push_back(median(cold_sizes));
+    payload_max.push_back(*std::ranges::max_element(cold_sizes));
+    cached_payload.push_back(median(cached_sizes));
+    cached_payload_max.push_back(*std::ranges::max_element(cached_sizes));
   }
   const double reshard_ms = reshard_scenario::reshard_plan_ms(static_cast<int>(o.repeat));
-  bar.update(o.repeat + 1, o.repeat + 1);
 
   struct Row {
     const char* name;

@@ -111,8 +111,11 @@ void print_text(const MainBenchResult& r, const BenchOptions& o) {
   std::cout << machine_line(r.machine, o) << "\n";
   std::cout << "repeat " << o.repeat << ", interleaved; device write "
             << (r.machine.device_direct ? "O_DIRECT" : "buffered (O_DIRECT refused)")
-            << (r.machine.device_registered ? ", registered buffer" : ", unregistered buffer")
-            << "; bounded ring " << format_bytes(r.machine.bounded_ring_bytes) << "\n";
+            << (r.machine.device_registered ? ", registered buffer" : ", unregistered buffer");
+  if (r.machine.bounded_ring_bytes > 0) {
+    std::cout << "; bounded ring " << format_bytes(r.machine.bounded_ring_bytes);
+  }
+  std::cout << "\n";
   for (const auto& n : r.machine.notes) std::cout << "note: " << n << "\n";
   std::cout << "\n";
   std::vector<std::vector<std::string>> rows;

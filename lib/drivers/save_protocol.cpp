@@ -89,11 +89,13 @@ class GlobalStep {
       planner_data.reserve(planned.size());
       for (const auto& g : planned) planner_data.push_back(g.planner_data);
     }
-    planned = writer_.prepare_global_plan(std::move(planned));
-    check_plan_count(planned.size(), static_cast<int>(encoded.size()));
+    // Kept until this step object goes (after the scatter): freeing half a
+    // million items need not delay the plans the ranks wait for.
+    planned_ = writer_.prepare_global_plan(std::move(planned));
+    check_plan_count(planned_.size(), static_cast<int>(encoded.size()));
     std::vector<std::string> out;
-    out.reserve(planned.size());
-    for (const auto& g : planned) out.push_back(wire::encode(g));
+    out.reserve(planned_.size());
+    for (const auto& g : planned_) out.push_back(wire::encode(g));
     skeleton = std::make_shared<const Metadata>(std::move(metadata));
     if (cache_) {
       std::vector<std::uint64_t> fingerprints, local_fingerprints;
@@ -114,6 +116,7 @@ class GlobalStep {
   StorageWriter& writer_;
   SavePlanner& planner_;
   PlanCache* cache_;
+  std::vector<SavePlan> planned_;  // the global plans sent, freed with this object
 };
 
 // This rank's global plan from rank 0's payload: a plan, or a token naming
