@@ -12,9 +12,10 @@ fail() {
   echo "$me: FAIL: $*" >&2
   exit 1
 }
-[ $# -eq 2 ] || fail "usage: $0 MPIRUN TEST_MPI_RANKS"
+[ $# -eq 2 ] || [ $# -eq 3 ] || fail "usage: $0 MPIRUN TEST_MPI_RANKS [RINGCKPT]"
 mpirun=$1
 exe=$2
+tool=${3:-}
 dir=$(mktemp -d /var/tmp/mpi_ranks.XXXXXX) || fail "no scratch directory"
 trap 'rm -rf "$dir"' EXIT
 
@@ -40,6 +41,20 @@ run 120 3 one_rank_throws || fail "a rank that throws"
 run 120 3 example_planners || fail "DCP's example planners on 3 ranks"
 run 120 3 dtype_casts || fail "cross-dtype loads on 3 ranks"
 RINGCKPT_TEST_MPI_FUNNELED=1 run 60 2 needs_thread_multiple || fail "the MPI_THREAD_MULTIPLE check"
+
+# `ringckpt bench --ranks N` under mpirun: one JSON document, from rank 0.
+if [ -n "$tool" ]; then
+  echo "$me: ringckpt bench --ranks 2"
+  out=$(timeout 300 "$mpirun" -n 2 --oversubscribe --allow-run-as-root --mca btl self,vader \
+    "$tool" bench --ranks 2 --size 16MiB --repeat 1 --json --dir "$dir/bench" 2>/dev/null) ||
+    fail "bench --ranks 2 exited non-zero"
+  [ "$(printf '%s\n' "$out" | grep -c '"phases"')" -eq 1 ] || fail "bench --ranks 2 printed not one document: $out"
+  printf '%s' "$out" | grep -q '"ringckpt-sync"' || fail "bench --ranks 2 has no ringckpt-sync phase"
+  printf '%s' "$out" | grep -q '"ok":true' || fail "bench --ranks 2 did not verify: $out"
+  timeout 120 "$mpirun" -n 2 --oversubscribe --allow-run-as-root --mca btl self,vader \
+    "$tool" bench --ranks 3 --size 16MiB --repeat 1 --dir "$dir/bench3" >/dev/null 2>&1
+  [ $? -eq 2 ] || fail "bench --ranks 3 under mpirun -n 2 was not refused"
+fi
 
 start=$(date +%s)
 run 60 3 one_rank_dies

@@ -101,6 +101,34 @@ BOOST_AUTO_TEST_CASE(bad_options_are_refused_in_one_line) {
   expect_usage_error("bench --extent-size 1000", "--extent-size");
   expect_usage_error("bench --queue-depth 0", "--queue-depth");
   expect_usage_error("bench --no-such-option", "no-such-option");
+  expect_usage_error("bench --entries 5", "--plan-ranks");
+  expect_usage_error("bench --plan-ranks 0", "--plan-ranks");
+  expect_usage_error("bench --train 5 --ranks 2", "pick one");
+  expect_usage_error("bench --plan-ranks 4 --ranks 2", "pick one");
+}
+
+BOOST_AUTO_TEST_CASE(plan_ranks_json_holds_the_planning_figures) {
+  Result r = run("bench --plan-ranks 16 --entries 40 --repeat 2 --json");
+  BOOST_TEST_REQUIRE(r.status == 0);
+  json::value doc;
+  BOOST_REQUIRE_NO_THROW(doc = json::parse(r.out));
+  const json::object& root = doc.as_object();
+  BOOST_TEST(root.at("ranks").to_number<int>() == 16);
+  BOOST_TEST(root.at("entries").to_number<int>() == 40);
+  for (const char* key : {"global_plan_cold_ms", "global_plan_cached_ms",
+                          "plan_payload_bytes_per_rank", "plan_payload_bytes_per_rank_cached",
+                          "reshard_plan_ms"}) {
+    BOOST_TEST_CONTEXT(key) {
+      BOOST_TEST_REQUIRE(root.contains(key));
+      BOOST_TEST(root.at(key).to_number<double>() > 0.0);
+    }
+  }
+  // A cached save sends a token, far smaller than the plan.
+  const double cold = root.at("plan_payload_bytes_per_rank").to_number<double>();
+  const double cached = root.at("plan_payload_bytes_per_rank_cached").to_number<double>();
+  BOOST_TEST(cached <= 256.0);
+  BOOST_TEST(cached < cold);
+  BOOST_TEST(root.at("global_plan_cold_samples_ms").as_array().size() == 2u);
 }
 
 BOOST_AUTO_TEST_CASE(help_exits_zero) {
