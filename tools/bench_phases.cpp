@@ -57,15 +57,7 @@ int run_main_bench(const BenchOptions& o) {
 
   MainBenchResult r;  // what the report shows
   Machine& m = r.machine;
-  m.dir = fs::absolute(dir);
-  m.fs_type = filesystem_name(dir);
-  m.extent = o.extent_size;
-  m.depth = o.queue_depth;
-  m.model_bytes = model.bytes;
-  m.tensors = model.tensors;
-  m.file_bytes = bytes;
-  m.ring_bytes = fp.ring_bytes;
-  m.cpus = cpu_count();
+  m = machine_of(dir, o, model, bytes, fp.ring_bytes);
 
   // Everything allocated before timing starts.
   RawDevice device(o.extent_size, o.queue_depth, bytes, notes);

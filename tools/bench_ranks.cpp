@@ -206,15 +206,7 @@ int run_ranks_bench(const BenchOptions& o) {
 
   MainBenchResult r;
   Machine& m = r.machine;
-  m.dir = fs::absolute(dir);
-  m.fs_type = filesystem_name(dir);
-  m.extent = o.extent_size;
-  m.depth = o.queue_depth;
-  m.model_bytes = model.bytes;
-  m.tensors = model.tensors;
-  m.file_bytes = all_bytes;
-  m.ring_bytes = co.io.ring_bytes;
-  m.cpus = cpu_count();
+  m = machine_of(dir, o, model, all_bytes, co.io.ring_bytes);
   Figures& figs = r.figures;
   figs.all().reserve(8);
   figs.add("device", std::to_string(n) + " writers (io_uring O_DIRECT)", Unit::gbps);

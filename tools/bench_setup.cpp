@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <utility>
 
+#include "machine_facts.hpp"
+
 namespace ringckpt::tools::bench {
 
 SyntheticModel bench_model(const BenchOptions& o) {
@@ -22,6 +24,22 @@ IoOptions bench_io(const BenchOptions& o, std::uint64_t ring_bytes, IoNotes& not
   io.queue_depth = o.queue_depth;
   io.report = notes.sink(std::move(who));
   return io;
+}
+
+Machine machine_of(const std::filesystem::path& dir, const BenchOptions& o,
+                   const SyntheticModel& model, std::uint64_t file_bytes,
+                   std::uint64_t ring_bytes) {
+  Machine m;
+  m.dir = std::filesystem::absolute(dir);
+  m.fs_type = filesystem_name(dir);
+  m.extent = o.extent_size;
+  m.depth = o.queue_depth;
+  m.model_bytes = model.bytes;
+  m.tensors = model.tensors;
+  m.file_bytes = file_bytes;
+  m.ring_bytes = ring_bytes;
+  m.cpus = cpu_count();
+  return m;
 }
 
 }  // namespace ringckpt::tools::bench

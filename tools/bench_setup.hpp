@@ -6,6 +6,7 @@
 #include <string>
 
 #include "bench_options.hpp"
+#include "bench_report.hpp"
 #include "io_notes.hpp"
 #include "ringckpt/io_options.hpp"
 #include "synthetic.hpp"
@@ -20,5 +21,12 @@ SyntheticModel bench_model(const BenchOptions& o);
 // `notes` as `who`.
 IoOptions bench_io(const BenchOptions& o, std::uint64_t ring_bytes, IoNotes& notes,
                    std::string who);
+
+// What the report says of the machine before anything is measured: where
+// it writes (`dir`), the options, the model, its data files' bytes and the
+// ring.
+Machine machine_of(const std::filesystem::path& dir, const BenchOptions& o,
+                   const SyntheticModel& model, std::uint64_t file_bytes,
+                   std::uint64_t ring_bytes);
 
 }  // namespace ringckpt::tools::bench

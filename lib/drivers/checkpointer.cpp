@@ -105,6 +105,7 @@ struct Checkpointer::Impl {
   void run(const std::shared_ptr<SaveTask>& task);
   void run(LoadTask& task);
   void finish(LoadTask& task, std::exception_ptr error);
+  void drop(Operation& op, const char* why);
   WriteResults write(SaveTask& task, FileSystemWriter& writer, const SavePlan& plan,
                      SavePlanner& planner);
   void cancel(const std::shared_ptr<SaveTask>& task);
@@ -125,12 +126,17 @@ void Checkpointer::Impl::enqueue(Operation op) {
     boost::asio::post(control, [this] { run_next(); });
     return;
   }
+  drop(op, "load asked of a closing Checkpointer");
+}
+
+// Ends an operation that will not run: a save as cancelled, a load with
+// Error(kCancelled) saying `why`.
+void Checkpointer::Impl::drop(Operation& op, const char* why) {
   if (auto* save = std::get_if<std::shared_ptr<SaveTask>>(&op)) {
     (*save)->completions->complete_committed(detail::save_cancelled((*save)->dir));
   } else {
     auto& load = *std::get<std::shared_ptr<LoadTask>>(op);
-    finish(load, std::make_exception_ptr(Error(ErrorCode::kCancelled, load.dir.string(),
-                                               "load asked of a closing Checkpointer")));
+    finish(load, std::make_exception_ptr(Error(ErrorCode::kCancelled, load.dir.string(), why)));
   }
 }
 
@@ -321,15 +327,7 @@ void Checkpointer::Impl::close() {
       job = running->job;
     }
   }
-  for (auto& op : dropped) {
-    if (auto* save = std::get_if<std::shared_ptr<SaveTask>>(&op)) {
-      (*save)->completions->complete_committed(detail::save_cancelled((*save)->dir));
-    } else {
-      auto& load = *std::get<std::shared_ptr<LoadTask>>(op);
-      finish(load, std::make_exception_ptr(Error(ErrorCode::kCancelled, load.dir.string(),
-                                                 "Checkpointer destroyed before the load ran")));
-    }
-  }
+  for (auto& op : dropped) drop(op, "Checkpointer destroyed before the load ran");
   if (job) job->cancel();
   control.join();
   // A staging thread may still be inside a callback of a finished job: let
