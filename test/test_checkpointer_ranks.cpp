@@ -146,6 +146,37 @@ BOOST_AUTO_TEST_CASE(second_save_reuses_the_plan_and_a_changed_shape_replans) {
   check_load_by(2, root.path() / "d", 2, 2);
 }
 
+BOOST_AUTO_TEST_CASE(a_custom_planner_on_one_rank_keeps_the_caches_in_step) {
+  // A save with a planner of its own on one rank is planned cold (rank 2's
+  // sends its plan in full; rank 0's makes the global plan, and it is not
+  // kept for reuse); the saves around it succeed and are cached again.
+  TempDir root;
+  std::vector<std::vector<PlanCacheReport>> reports(3);
+  on_ranks(3, [&](int rank, Coordinator& c) {
+    Checkpointer ckpt(options(), c);
+    RankShards part(rank, 3, 9, false);
+    DefaultSavePlanner own;  // a planner of the caller's: never cached
+    auto& mine = reports[static_cast<std::size_t>(rank)];
+    for (int save = 0; save < 7; ++save) {
+      AsyncSaveOptions o;
+      if ((save == 1 && rank == 2) || (save == 4 && rank == 0)) o.planner = &own;
+      ckpt.async_save(part.sd(), root.path() / std::to_string(save), o).committed.get();
+      mine.push_back(ckpt.plan_cache());
+    }
+  });
+  for (std::size_t r = 0; r < 3; ++r) {
+    BOOST_TEST_INFO("rank " << r);
+    BOOST_TEST_REQUIRE(reports[r].size() == 7u);
+    // Cold: 0, 1 (rank 2's own planner), 4 (rank 0's), 5 (nothing reusable
+    // kept by 4); cached: 2, 3, 6.
+    BOOST_TEST(reports[r][1].cold == 2u);
+    BOOST_TEST(reports[r][3].cached == 2u);
+    BOOST_TEST(reports[r][5].cold == 4u);
+    BOOST_TEST(reports[r][6].cached == 3u);
+  }
+  for (int save = 0; save < 7; ++save) check_load_by(2, root.path() / std::to_string(save), 9);
+}
+
 // A planner that throws while rank `bad` stages its data: mid-save.
 class ThrowingPlanner : public DefaultSavePlanner {
  public:

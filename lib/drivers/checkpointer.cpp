@@ -9,6 +9,7 @@
 #include <variant>
 
 #include "drivers/checkpoint_protocol.hpp"
+#include "drivers/protocol_steps.hpp"
 #include "drivers/save_completions.hpp"
 #include "drivers/save_protocol.hpp"
 #include "format/error_translation.hpp"
@@ -58,6 +59,8 @@ struct SaveTask {
   std::string storage_data;  // this rank's data-file prefix, once planned
   bool cancelled = false;    // guarded by Impl::mu
   bool job_started = false;  // guarded by Impl::mu; false: it failed (if it did) planning
+  bool wants_metadata = false;     // a blocking save(): read it back on ranks other than 0
+  std::exception_ptr metadata_error;  // why that read failed (the save itself committed)
   std::shared_ptr<detail::SaveJob> job;  // guarded by Impl::mu; set while the job runs
 };
 
@@ -73,6 +76,26 @@ struct LoadTask {
 };
 
 using Operation = std::variant<std::shared_ptr<SaveTask>, std::shared_ptr<LoadTask>>;
+
+}  // namespace
+
+namespace {
+
+// The committed metadata.json of `task`, read back on a rank other than 0,
+// and checked to be of this save: its data files carry this save's
+// generation (storage_data is "__{rank}_{generation}_").
+Metadata read_committed(const SaveTask& task) {
+  Metadata metadata = read_metadata(task.dir);
+  const std::size_t at = task.storage_data.find('_', 2);
+  if (at == std::string::npos || metadata.files.empty()) return metadata;
+  const std::string generation = task.storage_data.substr(at);  // "_{generation}_"
+  for (const FileInfo& file : metadata.files) {
+    if (file.relative_path.find(generation) != std::string::npos) return metadata;
+  }
+  throw Error(ErrorCode::kNotFound, (task.dir / kMetadataFile).string(),
+              "is not of the save just committed (no data file of generation " +
+                  generation.substr(1, generation.size() - 2) + "): replaced since?");
+}
 
 }  // namespace
 
@@ -99,7 +122,7 @@ struct Checkpointer::Impl {
 
   bool alone() const { return coordinator->world_size() == 1; }
   std::shared_ptr<SaveTask> submit(const StateDict& sd, std::filesystem::path dir,
-                                   const AsyncSaveOptions& o);
+                                   const AsyncSaveOptions& o, bool wants_metadata = false);
   void enqueue(Operation op);
   void run_next();
   void run(const std::shared_ptr<SaveTask>& task);
@@ -171,7 +194,8 @@ void Checkpointer::Impl::run(const std::shared_ptr<SaveTask>& task) {
     std::unique_ptr<FileSystemWriter> writer =
         SharedEngineWriter::open(task->dir, engine, task->options.overwrite);
     detail::SaveProtocolOptions protocol;
-    protocol.cache = options.plan_caching && !task->options.planner ? &plan_cache : nullptr;
+    protocol.cache = options.plan_caching ? &plan_cache : nullptr;
+    protocol.reuse = task->options.planner == nullptr;
     protocol.share_metadata = false;
     protocol.refuse = refuse;
     protocol.where = task->dir.string();
@@ -181,6 +205,15 @@ void Checkpointer::Impl::run(const std::shared_ptr<SaveTask>& task) {
         protocol);
   } catch (...) {
     error = std::current_exception();
+  }
+  // A blocking save on a rank other than 0 reads the committed metadata back
+  // here, before any later save of this Checkpointer can replace it.
+  if (!error && task->wants_metadata && !coordinator->is_coordinator()) {
+    try {
+      task->metadata = read_committed(*task);
+    } catch (...) {
+      task->metadata_error = std::current_exception();
+    }
   }
   {
     std::lock_guard lock(mu);
@@ -346,22 +379,45 @@ Checkpointer::Checkpointer(CheckpointerOptions options) try : impl_(std::make_sh
   detail::rethrow_as_error("Checkpointer");
 }
 
+// A collective: every rank makes its engine, then they agree that all did,
+// so that a rank that cannot (no memory for its ring, no io_uring) fails
+// every rank's constructor, named, rather than their first save.
 Checkpointer::Checkpointer(CheckpointerOptions options, Coordinator& coordinator) try
     : impl_(std::make_shared<Impl>()) {
   impl_->self = impl_;
   impl_->options = std::move(options);
   impl_->coordinator = coordinator.duplicate();
-  impl_->engine = std::make_shared<detail::IoEngine>(impl_->options.io);
+  Coordinator& c = *impl_->coordinator;
+  const std::string where = "Checkpointer";
+  std::vector<std::string> statuses = c.gather(detail::guarded(c.rank(), where, [&] {
+    impl_->engine = std::make_shared<detail::IoEngine>(impl_->options.io);
+    return std::string();
+  }));
+  std::string outcome;
+  if (c.is_coordinator()) {
+    outcome = detail::guarded(c.rank(), where, [&] {
+      for (int r = 0; r < static_cast<int>(statuses.size()); ++r) {
+        detail::payload(std::move(statuses[r]), detail::from("engine status", r));
+      }
+      return std::string();
+    });
+  }
+  if (c.world_size() > 1) outcome = c.broadcast(std::move(outcome));
+  detail::conclude(outcome, c.world_size());
 } catch (...) {
-  detail::rethrow_as_error("Checkpointer on rank " + std::to_string(coordinator.rank()));
+  detail::rethrow_as_error(coordinator.world_size() == 1
+                               ? std::string("Checkpointer")
+                               : "Checkpointer on rank " + std::to_string(coordinator.rank()));
 }
 
 Checkpointer::~Checkpointer() { impl_->close(); }
 
 std::shared_ptr<SaveTask> Checkpointer::Impl::submit(const StateDict& state_dict,
                                                       std::filesystem::path dir,
-                                                      const AsyncSaveOptions& o) {
+                                                      const AsyncSaveOptions& o,
+                                                      bool wants_metadata) {
   auto task = std::make_shared<SaveTask>();
+  task->wants_metadata = wants_metadata;
   task->completions = std::make_shared<SaveCompletions>(poster);
   task->state_dict = &state_dict;
   task->options = o;
@@ -410,33 +466,14 @@ void Checkpointer::start_save(const StateDict& state_dict, std::filesystem::path
   task->completions->when_committed(std::move(handler));
 }
 
-namespace {
-
-// The committed metadata.json of `task`, read back on a rank other than 0,
-// and checked to be of this save: its data files carry this save's
-// generation (storage_data is "__{rank}_{generation}_").
-Metadata read_committed(const SaveTask& task) {
-  Metadata metadata = read_metadata(task.dir);
-  const std::size_t at = task.storage_data.find('_', 2);
-  if (at == std::string::npos || metadata.files.empty()) return metadata;
-  const std::string generation = task.storage_data.substr(at);  // "_{generation}_"
-  for (const FileInfo& file : metadata.files) {
-    if (file.relative_path.find(generation) != std::string::npos) return metadata;
-  }
-  throw Error(ErrorCode::kNotFound, (task.dir / kMetadataFile).string(),
-              "is not of the save just committed (no data file of generation " +
-                  generation.substr(1, generation.size() - 2) + "): replaced since?");
-}
-
-}  // namespace
 
 Metadata Checkpointer::save(const StateDict& state_dict, const std::filesystem::path& dir,
                             AsyncSaveOptions options) {
   return detail::translating_errors(dir.string(), [&] {
-    std::shared_ptr<SaveTask> task = impl_->submit(state_dict, dir, options);
+    std::shared_ptr<SaveTask> task = impl_->submit(state_dict, dir, options, true);
     task->completions->committed().get();
-    if (impl_->coordinator->is_coordinator()) return task->metadata;
-    return read_committed(*task);
+    if (task->metadata_error) std::rethrow_exception(task->metadata_error);
+    return task->metadata;
   });
 }
 

@@ -20,14 +20,14 @@ std::uint64_t fingerprint_of(std::string_view bytes) {
 // naming the cached one), and the metadata skeleton of this save.
 class GlobalStep {
  public:
-  GlobalStep(StorageWriter& writer, SavePlanner& planner, PlanCache* cache)
-      : writer_(writer), planner_(planner), cache_(cache) {}
+  GlobalStep(StorageWriter& writer, SavePlanner& planner, PlanCache* cache, bool reuse)
+      : writer_(writer), planner_(planner), cache_(cache), reuse_(reuse) {}
 
   // REQUIRES: inside guarded() (a rank's failure among `locals` is Relayed).
   std::vector<std::string> operator()(std::vector<std::string>& locals) {
     // Each rank's local plan, encoded: as sent, or the one cached for a token.
     std::vector<std::string> plans;
-    bool all_same = cache_ != nullptr && cache_->skeleton != nullptr;
+    bool all_same = cache_ != nullptr && reuse_ && cache_->skeleton != nullptr;
     for (int r = 0; r < static_cast<int>(locals.size()); ++r) {
       std::string bytes = payload(std::move(locals[r]), from("local plan status", r));
       if (wire::is_same_plan(bytes)) {
@@ -108,7 +108,7 @@ class GlobalStep {
       cache_->local_fingerprints = std::move(local_fingerprints);
       cache_->global_fingerprints = std::move(fingerprints);
       cache_->planner_data = std::move(planner_data);
-      cache_->skeleton = skeleton;
+      cache_->skeleton = reuse_ ? skeleton : nullptr;
     }
     return out;
   }
@@ -116,6 +116,7 @@ class GlobalStep {
   StorageWriter& writer_;
   SavePlanner& planner_;
   PlanCache* cache_;
+  bool reuse_;
   std::vector<SavePlan> planned_;  // the global plans sent, freed with this object
 };
 
@@ -163,60 +164,72 @@ Metadata run_save(const StateDict& state_dict, StorageWriter& writer, SavePlanne
   const bool is_coordinator = c.is_coordinator();
   const int rank = c.rank();
   PlanCache* cache = options.cache;
-
-  // 1. Local plans (or tokens), gathered at the coordinator.
-  std::string local;
-  std::vector<std::string> locals = c.gather(guarded(rank, options.where, [&] {
-    if (options.refuse) std::rethrow_exception(options.refuse);
-    planner.set_up_planner(state_dict, is_coordinator);
-    writer.set_up_storage_writer(is_coordinator, rank);
-    local = wire::encode(writer.prepare_local_plan(planner.create_local_plan()));
-    if (cache && !cache->local.empty() && cache->local == local) {
-      return wire::encode(wire::SamePlan{fingerprint_of(local), {}});
-    }
-    return local;
-  }));
-
-  // 2. The global plan (or tokens), scattered back.
-  GlobalStep global_step(writer, planner, is_coordinator ? cache : nullptr);
-  const std::string central = scatter_global(c, options.where, [&] { return global_step(locals); });
-  if (cache && !succeeded(central)) cache->clear();
-
-  // 3. Every rank writes its part; results gathered at the coordinator.
-  std::vector<std::string> results = c.gather(guarded(rank, options.where, [&] {
-    SavePlan plan = global_plan(payload(central, from("global plan status", 0)), cache,
-                                std::move(local));
-    const SavePlan final_plan = planner.finish_plan(std::move(plan));
-    return wire::encode(write(final_plan, planner));
-  }));
-
-  // 4. The coordinator commits; every rank learns the outcome.
-  Metadata metadata;
-  std::string outcome;
-  if (is_coordinator) {
-    outcome = guarded(rank, options.where, [&] {
-      const std::vector<WriteResults> all = decode_each(
-          results, "write status", "write results",
-          [](std::string_view bytes, const std::string& source, int) {
-            return wire::decode_write_results(bytes, source);
-          });
-      metadata = *global_step.skeleton;
-      writer.finish(metadata, all);
-      add_results(metadata, all);
-      return options.share_metadata && c.world_size() > 1 ? wire::encode(metadata)
-                                                           : std::string();
-    });
-  }
-  if (c.world_size() > 1) outcome = c.broadcast(std::move(outcome));
-  std::string committed;
+  const bool reuse = cache != nullptr && options.reuse;
   try {
-    committed = conclude(outcome, c.world_size());
+    // 1. Local plans (or tokens), gathered at the coordinator.
+    std::string local;
+    std::vector<std::string> locals = c.gather(guarded(rank, options.where, [&] {
+      if (options.refuse) std::rethrow_exception(options.refuse);
+      planner.set_up_planner(state_dict, is_coordinator);
+      writer.set_up_storage_writer(is_coordinator, rank);
+      local = wire::encode(writer.prepare_local_plan(planner.create_local_plan()));
+      if (reuse && !cache->local.empty() && cache->local == local) {
+        return wire::encode(wire::SamePlan{fingerprint_of(local), {}});
+      }
+      return local;
+    }));
+
+    // 2. The global plan (or tokens), scattered back.
+    GlobalStep global_step(writer, planner, is_coordinator ? cache : nullptr, reuse);
+    const std::string central =
+        scatter_global(c, options.where, [&] { return global_step(locals); });
+
+    // 3. Every rank writes its part; results gathered at the coordinator.
+    std::vector<std::string> results = c.gather(guarded(rank, options.where, [&] {
+      SavePlan plan = global_plan(payload(central, from("global plan status", 0)), cache,
+                                  std::move(local));
+      const SavePlan final_plan = planner.finish_plan(std::move(plan));
+      return wire::encode(write(final_plan, planner));
+    }));
+
+    // 4. The coordinator commits; every rank learns the outcome.
+    Metadata metadata;
+    std::string outcome;
+    if (is_coordinator) {
+      outcome = guarded(rank, options.where, [&] {
+        const std::vector<WriteResults> all = decode_each(
+            results, "write status", "write results",
+            [](std::string_view bytes, const std::string& source, int) {
+              return wire::decode_write_results(bytes, source);
+            });
+        metadata = *global_step.skeleton;
+        writer.finish(metadata, all);
+        add_results(metadata, all);
+        return options.share_metadata && c.world_size() > 1 ? wire::encode(metadata)
+                                                             : std::string();
+      });
+    }
+    if (c.world_size() > 1) outcome = c.broadcast(std::move(outcome));
+    const std::string committed = conclude(outcome, c.world_size());
+    if (is_coordinator || !options.share_metadata) return metadata;
+    return wire::decode_metadata(committed, from("committed metadata", 0));
   } catch (...) {
+    // Every rank reaches here alike for a failure the protocol carried; a
+    // failed collective may leave the ranks' caches apart: the next save
+    // plans cold everywhere.
     writer.abort();
-    throw;
+    if (cache) cache->clear();
+    try {
+      throw;
+    } catch (const Error& e) {
+      if (options.where.empty() || e.where() == options.where) throw;
+      if (e.where().find(options.where) != std::string::npos) throw;
+      if (!e.where().empty() && (e.where() == "ThreadGroup" || e.where().starts_with("MPI"))) {
+        throw Error(e.code(), options.where, e.what());  // a collective failed
+      }
+      throw;
+    }
   }
-  if (is_coordinator || !options.share_metadata) return metadata;
-  return wire::decode_metadata(committed, from("committed metadata", 0));
 }
 
 }  // namespace ringckpt::detail

@@ -17,7 +17,10 @@
 // kSamePlan token instead (plan_token.hpp); when every rank does, rank 0
 // skips create_global_plan, reuses the metadata skeleton it kept, and sends
 // each rank a token naming the global plan it got last time, with this save's
-// storage_data. A plan step that fails empties every rank's cache.
+// storage_data. A save that fails anywhere empties every rank's cache (the
+// next plans cold). A save may use the cache without reusing it (a custom
+// planner's, on any rank): it sends and accepts no tokens but still records
+// what it planned, so that every rank's cache stays in step with rank 0's.
 #pragma once
 
 #include <cstdint>
@@ -47,8 +50,10 @@ struct PlanCache {
   SavePlan global;                     // the global plan received for it
   std::uint64_t global_fingerprint = 0;  // checksum_of the payload that carried it
   // Rank 0's side (empty elsewhere): per rank, the last local plan (encoded)
-  // and its fingerprint, the fingerprint of the global plan sent back and its
-  // planner_data; and the metadata create_global_plan made.
+  // and its fingerprint (so that a token resolves, reused or not); and, when
+  // that plan was made with reuse allowed, the fingerprint of the global plan
+  // sent back and its planner_data, and the metadata create_global_plan made
+  // (skeleton null: nothing to reuse).
   std::vector<std::string> locals;
   std::vector<std::uint64_t> local_fingerprints;
   std::vector<std::uint64_t> global_fingerprints;
@@ -63,6 +68,10 @@ struct PlanCache {
 
 struct SaveProtocolOptions {
   PlanCache* cache = nullptr;  // null: plan every save from scratch
+  // Whether this save may send a token for its local plan (any rank) and
+  // reuse the cached global plan (rank 0): false for a custom planner, whose
+  // plans the cache must not stand for. Ignored without a cache.
+  bool reuse = true;
   // Whether ranks other than 0 receive the committed Metadata in step 4 (the
   // whole of it, every save); else run() returns it on rank 0 only.
   bool share_metadata = true;
@@ -79,7 +88,9 @@ using WriteStep = std::function<WriteResults(const SavePlan& plan, SavePlanner& 
 
 // Runs the protocol on this rank. Returns the committed Metadata (on ranks
 // other than 0 only with share_metadata; else empty). Throws the failure of
-// any rank, after writer.abort(), on every rank alike.
+// any rank, after writer.abort(), on every rank alike; a collective that
+// itself fails (a rank gone) throws here too, after writer.abort(), naming
+// options.where.
 // REQUIRES: every rank of `coordinator` calls it, for the same save.
 Metadata run_save(const StateDict& state_dict, StorageWriter& writer, SavePlanner& planner,
                   Coordinator& coordinator, const WriteStep& write,

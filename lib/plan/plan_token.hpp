@@ -4,8 +4,9 @@
 // Sent by a rank whose local plan equals the one it sent before (then
 // storage_data is empty), and by the coordinator to a rank whose global plan
 // it reuses (then storage_data is the writer's for this save). `fingerprint`
-// is wire::fingerprint of the plan meant (for a global plan, with its
-// storage_data cleared), so that a rank holding another plan finds out.
+// is the XXH3 of the payload that last carried the plan meant (the encoded
+// local plan; the encoded global plan as sent, its storage_data included),
+// so that a rank holding another plan finds out.
 //
 //   header (kSamePlan) | fixed64 fingerprint | string storage_data
 #pragma once
