@@ -51,10 +51,11 @@ class SingleProcess final : public Coordinator {
 
 // `world_size` ranks that are threads of this process; member(r) is the
 // Coordinator that rank r's thread uses. A rank that does not reach a
-// collective within `timeout` (it died, or it runs another sequence of
-// calls) fails that collective on every rank that is waiting in it, with an
-// Error naming the missing ranks; the group (and its duplicates' rounds
-// under way) stays failed.
+// collective within `timeout` (it died, it runs another sequence of calls,
+// or it is still busy that long) fails that collective on every rank that
+// is waiting in it, with an Error naming the missing ranks, and the group
+// stays failed. Each duplicate() is a group of its own, with the same
+// timeout.
 class ThreadGroup {
  public:
   explicit ThreadGroup(int world_size,
