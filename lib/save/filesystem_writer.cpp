@@ -91,7 +91,10 @@ std::vector<SavePlan> FileSystemWriter::prepare_global_plan(std::vector<SavePlan
 
 std::optional<StorageMeta> FileSystemWriter::storage_meta() const {
   if (impl_->generation.empty()) return std::nullopt;
-  return StorageMeta{.checkpoint_id = impl_->dir, .save_id = impl_->generation};
+  StorageMeta meta;  // load_id and modules: empty, as DCP's FileSystemWriter leaves them
+  meta.checkpoint_id = impl_->dir;
+  meta.save_id = impl_->generation;
+  return meta;
 }
 
 WriteResults FileSystemWriter::write_data(const SavePlan& plan, SavePlanner& planner) {
