@@ -177,3 +177,84 @@ BOOST_AUTO_TEST_CASE(results_are_recorded_as_add_results_records_them) {
   BOOST_TEST(text == encode_metadata(recorded));
   check_equal(decode_metadata(text, kMeta), small_metadata());
 }
+
+// ------------------------------------------------------------ storage_meta
+
+namespace {
+
+Metadata with_storage_meta() {
+  Metadata md = small_metadata();
+  md.storage_meta = StorageMeta{"/ckpt/dir \"q\"", "0123456789abcdef", "", {"model", "optim\n"}};
+  return md;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(storage_meta_round_trips_and_is_absent_when_unset) {
+  const Metadata md = with_storage_meta();
+  const std::string text = encode_metadata(md);
+  const Metadata back = decode_metadata(text, kMeta);
+  BOOST_TEST_REQUIRE(back.storage_meta.has_value());
+  BOOST_TEST((*back.storage_meta == *md.storage_meta));
+  check_equal(back, md);
+  // Written after planner_data, before the checksum (still the last key).
+  const auto planner = text.find("\"planner_data\"");
+  const auto meta = text.find("\"storage_meta\"");
+  const auto checksum = text.find("\"checksum\"");
+  BOOST_TEST_REQUIRE(meta != std::string::npos);
+  BOOST_TEST(planner < meta);
+  BOOST_TEST(meta < checksum);
+  // Empty fields and no modules come back as such.
+  Metadata empty = small_metadata();
+  empty.storage_meta = StorageMeta{};
+  BOOST_TEST((decode_metadata(encode_metadata(empty), kMeta).storage_meta == StorageMeta{}));
+  // Unset: no key at all, and a document without it decodes to nullopt.
+  const std::string plain = encode_metadata(small_metadata());
+  BOOST_TEST(plain.find("storage_meta") == std::string::npos);
+  BOOST_TEST(!decode_metadata(plain, kMeta).storage_meta.has_value());
+}
+
+// The order of its keys does not matter; keys it does not know are skipped,
+// as everywhere in the document.
+BOOST_AUTO_TEST_CASE(storage_meta_keys_in_any_order_and_unknown_keys) {
+  json::object doc = document();
+  doc["storage_meta"] = json::parse(
+      R"({"modules": ["a", "b"], "future": {"x": [1]}, "load_id": "L", "save_id": "S",
+          "checkpoint_id": "C"})");
+  const Metadata back = decode_metadata(seal(json::serialize(doc)), kMeta);
+  BOOST_TEST_REQUIRE(back.storage_meta.has_value());
+  BOOST_TEST((*back.storage_meta == StorageMeta{"C", "S", "L", {"a", "b"}}));
+}
+
+BOOST_AUTO_TEST_CASE(storage_meta_of_the_wrong_kind_names_its_path) {
+  const auto refused = [](json::value meta, std::vector<std::string> words) {
+    json::object doc = document();
+    doc["storage_meta"] = std::move(meta);
+    BOOST_CHECK_EXCEPTION(decode_metadata(seal(json::serialize(doc)), kMeta), Error,
+                          corrupt_with(std::move(words)));
+  };
+  const json::value good =
+      json::parse(R"({"checkpoint_id": "c", "save_id": "s", "load_id": "", "modules": []})");
+  refused(json::array{}, {"storage_meta is an array, not an object"});
+  json::value bad = good;
+  bad.as_object()["modules"] = json::array{"a", "b", 7};
+  refused(bad, {"storage_meta.modules[2] is 7, not a string"});
+  bad = good;
+  bad.as_object()["modules"] = "a";
+  refused(bad, {"storage_meta.modules is \"a\", not an array"});
+  bad = good;
+  bad.as_object()["save_id"] = 12;
+  refused(bad, {"storage_meta.save_id is 12, not a string"});
+  bad = good;
+  bad.as_object()["checkpoint_id"] = nullptr;
+  refused(bad, {"storage_meta.checkpoint_id is null, not a string"});
+  bad = good;
+  bad.as_object().erase("load_id");
+  refused(bad, {"missing field 'storage_meta.load_id'"});
+  // Given twice.
+  std::string twice = json::serialize(document());
+  twice.insert(twice.size() - 1, ",\"storage_meta\":" + json::serialize(good) +
+                                     ",\"storage_meta\":" + json::serialize(good));
+  BOOST_CHECK_EXCEPTION(decode_metadata(seal(twice), kMeta), Error,
+                        corrupt_with({"storage_meta", "given twice"}));
+}

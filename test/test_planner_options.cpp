@@ -396,3 +396,93 @@ BOOST_AUTO_TEST_CASE(validate_checkpoint_id_says_whether_a_path_is_usable) {
   fs::create_symlink(ckpt / "metadata.json", dir / "linked" / "metadata.json");
   BOOST_TEST(!FileSystemReader::validate_checkpoint_id(dir / "linked"));
 }
+
+// ---------------------------------------------------------------------------
+// storage_meta: what FileSystemWriter::storage_meta() returns is committed.
+
+namespace {
+
+// The generation in the name of rank 0's first data file in dir:
+// __0_{generation}_0.safetensors.
+std::string generation_of(const fs::path& dir) {
+  const std::string name = test::data_file(dir);
+  return name.substr(4, 16);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(file_system_writer_storage_meta_is_nullopt_before_planning) {
+  TempDir dir;
+  FileSystemWriter writer(dir / "ckpt", test::small_io());
+  BOOST_TEST(!writer.storage_meta().has_value());
+  writer.prepare_global_plan(std::vector<SavePlan>(2));
+  const std::optional<StorageMeta> meta = writer.storage_meta();
+  BOOST_TEST_REQUIRE(meta.has_value());
+  BOOST_TEST(meta->checkpoint_id == (dir / "ckpt").string());
+  BOOST_TEST(meta->save_id.size() == 16u);
+  BOOST_TEST(meta->load_id.empty());
+  BOOST_TEST(meta->modules.empty());
+  writer.reset(dir / "other");
+  BOOST_TEST(!writer.storage_meta().has_value());
+}
+
+BOOST_AUTO_TEST_CASE(save_records_storage_meta_with_the_generation_of_its_files) {
+  TempDir dir;
+  const fs::path ckpt = dir / "ckpt";
+  OwnedTensor w(DType::F32, {64, 8}, 1);
+  StateDict sd;
+  sd.add("w", w.view);
+  const Metadata returned = save(sd, ckpt, save_options());
+  const Metadata first = read_metadata(ckpt);
+  BOOST_TEST_REQUIRE(first.storage_meta.has_value());
+  BOOST_TEST(first.storage_meta->checkpoint_id == ckpt.string());
+  BOOST_TEST(first.storage_meta->save_id == generation_of(ckpt));
+  BOOST_TEST(first.storage_meta->load_id.empty());
+  BOOST_TEST(first.storage_meta->modules.empty());
+  BOOST_TEST((returned.storage_meta == first.storage_meta));
+
+  // Another save over it: a fresh save_id, again the one naming its files.
+  SaveOptions again = save_options();
+  again.overwrite = true;
+  save(sd, ckpt, again);
+  const Metadata second = read_metadata(ckpt);
+  BOOST_TEST_REQUIRE(second.storage_meta.has_value());
+  BOOST_TEST(second.storage_meta->save_id == generation_of(ckpt));
+  BOOST_TEST(second.storage_meta->save_id != first.storage_meta->save_id);
+  BOOST_TEST(second.storage_meta->checkpoint_id == ckpt.string());
+}
+
+// Every rank's returned Metadata carries it too (rank 0's, shared).
+BOOST_AUTO_TEST_CASE(storage_meta_reaches_every_rank) {
+  TempDir dir;
+  OwnedTensor w(DType::F32, {96, 8}, 3);
+  StateDict sd;
+  sd.add("w", w.view);
+  const std::vector<Metadata> returned = save_replicated(sd, dir.path(), 3, {});
+  const Metadata on_disk = read_metadata(dir.path());
+  BOOST_TEST_REQUIRE(on_disk.storage_meta.has_value());
+  BOOST_TEST(on_disk.storage_meta->save_id == generation_of(dir.path()));
+  for (int r = 0; r < 3; ++r) BOOST_TEST((returned[r].storage_meta == on_disk.storage_meta), r);
+}
+
+// A Checkpointer's saves too, the second one through the cached plan.
+BOOST_AUTO_TEST_CASE(checkpointer_saves_record_storage_meta) {
+  TempDir dir;
+  const fs::path ckpt = dir / "ckpt";
+  OwnedTensor w(DType::F32, {64, 8}, 2);
+  StateDict sd;
+  sd.add("w", w.view);
+  Checkpointer checkpointer(CheckpointerOptions{.io = test::small_io()});
+  const Metadata first = checkpointer.save(sd, ckpt);
+  BOOST_TEST_REQUIRE(first.storage_meta.has_value());
+  BOOST_TEST(first.storage_meta->checkpoint_id == ckpt.string());
+  BOOST_TEST(first.storage_meta->save_id == generation_of(ckpt));
+  BOOST_TEST((read_metadata(ckpt).storage_meta == first.storage_meta));
+
+  const Metadata second = checkpointer.save(sd, ckpt, AsyncSaveOptions{.overwrite = true});
+  BOOST_TEST(checkpointer.plan_cache().cached == 1u);
+  BOOST_TEST_REQUIRE(second.storage_meta.has_value());
+  BOOST_TEST(second.storage_meta->save_id == generation_of(ckpt));
+  BOOST_TEST(second.storage_meta->save_id != first.storage_meta->save_id);
+  BOOST_TEST((read_metadata(ckpt).storage_meta == second.storage_meta));
+}

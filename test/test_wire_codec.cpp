@@ -175,6 +175,14 @@ Metadata sample_metadata() {
   return md;
 }
 
+// sample_metadata with storage_meta set, strings of any bytes.
+Metadata sample_metadata_with_storage_meta() {
+  Metadata md = sample_metadata();
+  md.storage_meta = StorageMeta{"/ckpt/step-7", "0123456789abcdef", std::string("lo\0d", 4),
+                                {"model", "", "optim"}};
+  return md;
+}
+
 // A transformer's plan as the global plan holds it: per layer ten 2-D BF16
 // weights, whole tensors (offset zero, chunk hint 0).
 SavePlan transformer_plan(std::size_t entries) {
@@ -249,6 +257,8 @@ std::vector<Sample> samples() {
        [](std::string_view b) { wire::decode_write_results(b, "sample"); }},
       {"metadata", wire::encode(sample_metadata()),
        [](std::string_view b) { wire::decode_metadata(b, "sample"); }},
+      {"metadata with storage meta", wire::encode(sample_metadata_with_storage_meta()),
+       [](std::string_view b) { wire::decode_metadata(b, "sample"); }},
       {"ok status", wire::encode_ok(std::string("pay\0load", 8)),
        [](std::string_view b) { wire::decode_status(b, "sample"); }},
       {"failed status", wire::encode_failure({3, ErrorCode::kIo, "file", "disk full"}),
@@ -296,6 +306,30 @@ BOOST_AUTO_TEST_CASE(metadata) {
   Metadata negative;
   negative.version = std::numeric_limits<int>::min();
   check_same(wire::decode_metadata(wire::encode(negative), "m"), negative);
+}
+
+BOOST_AUTO_TEST_CASE(metadata_storage_meta) {
+  const Metadata md = sample_metadata_with_storage_meta();
+  const Metadata back = wire::decode_metadata(wire::encode(md), "m");
+  check_same(back, md);
+  BOOST_TEST_REQUIRE(back.storage_meta.has_value());
+  BOOST_TEST((*back.storage_meta == *md.storage_meta));
+  // Empty fields, and none at all, come back as such.
+  Metadata empty;
+  empty.storage_meta = StorageMeta{};
+  BOOST_TEST((wire::decode_metadata(wire::encode(empty), "m").storage_meta == StorageMeta{}));
+  BOOST_TEST(!wire::decode_metadata(wire::encode(Metadata{}), "m").storage_meta.has_value());
+  // The presence byte ends a payload without it: 0 or 1, any other value refused.
+  std::string bad = wire::encode(Metadata{});
+  BOOST_TEST_REQUIRE(bad.back() == '\0');
+  bad.back() = '\x02';
+  BOOST_CHECK_EXCEPTION(wire::decode_metadata(bad, "m"), Error,
+                        corrupt_with("m", "storage meta flag 2 is neither absent nor present"));
+  // A module count beyond the bytes left is refused before allocating.
+  bad.back() = '\x01';
+  bad += std::string("\x00\x00\x00\xff\xff\xff\xff\x0f", 8);
+  BOOST_CHECK_EXCEPTION(wire::decode_metadata(bad, "m"), Error,
+                        corrupt_with("m", "storage meta module count 4294967295"));
 }
 
 BOOST_AUTO_TEST_CASE(rank_status_keeps_every_field) {

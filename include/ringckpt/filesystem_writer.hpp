@@ -33,6 +33,10 @@ class FileSystemWriter final : public StorageWriter {
   void set_up_storage_writer(bool is_coordinator, int rank) override;
   SavePlan prepare_local_plan(SavePlan plan) override;
   std::vector<SavePlan> prepare_global_plan(std::vector<SavePlan> plans) override;
+  // {checkpoint_id: the directory as given, save_id: the generation (16 hex
+  // digits, as in the data file names) the last prepare_global_plan chose};
+  // nullopt before any prepare_global_plan (and after reset).
+  std::optional<StorageMeta> storage_meta() const override;
   WriteResults write_data(const SavePlan& plan, SavePlanner& planner) override;
   void finish(const Metadata& metadata, const std::vector<WriteResults>& results) override;
   void abort() noexcept override;

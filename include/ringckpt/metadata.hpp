@@ -75,6 +75,15 @@ struct FileInfo {
   friend bool operator==(const FileInfo&, const FileInfo&) = default;
 };
 
+// DCP's StorageMeta: what the StorageWriter says about the storage of one save.
+struct StorageMeta {
+  std::string checkpoint_id;         // where the checkpoint is (a directory for FileSystemWriter)
+  std::string save_id;               // names this save among saves to the same checkpoint_id
+  std::string load_id;               // DCP's load_id: set by a reader; empty when saved
+  std::vector<std::string> modules;  // DCP's modules: names the writer records; may be empty
+  friend bool operator==(const StorageMeta&, const StorageMeta&) = default;
+};
+
 struct Metadata {
   static constexpr int kVersion = 1;
 
@@ -83,6 +92,9 @@ struct Metadata {
   std::map<std::string, std::string> planner_data;   // free-form, the planner's own
   std::map<MetadataIndex, StorageInfo> storage_data;
   std::vector<FileInfo> files;
+  // DCP's Metadata.storage_meta: what StorageWriter::storage_meta() returned
+  // for this save; nullopt if it returned nothing (or the file predates it).
+  std::optional<StorageMeta> storage_meta;
 
   // Total bytes of every data file.
   std::uint64_t total_bytes() const noexcept;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 #include <vector>
 
 #include "ringckpt/metadata.hpp"
@@ -19,6 +20,10 @@ class StorageWriter {
   virtual void set_up_storage_writer(bool is_coordinator, int rank) = 0;
   virtual SavePlan prepare_local_plan(SavePlan plan) = 0;
   virtual std::vector<SavePlan> prepare_global_plan(std::vector<SavePlan> plans) = 0;
+  // DCP's storage_meta(): called by the coordinator once per save, after
+  // prepare_global_plan; what it returns is recorded in the committed
+  // metadata (Metadata::storage_meta). Default: nothing.
+  virtual std::optional<StorageMeta> storage_meta() const { return std::nullopt; }
   // Writes every item of `plan` and makes the data durable.
   virtual WriteResults write_data(const SavePlan& plan, SavePlanner& planner) = 0;
   // Coordinator only: commits the checkpoint. After finish returns, the

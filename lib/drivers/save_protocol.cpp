@@ -203,6 +203,7 @@ Metadata run_save(const StateDict& state_dict, StorageWriter& writer, SavePlanne
               return wire::decode_write_results(bytes, source);
             });
         metadata = *global_step.skeleton;
+        if (auto m = writer.storage_meta()) metadata.storage_meta = std::move(*m);
         writer.finish(metadata, all);
         add_results(metadata, all);
         return options.share_metadata && c.world_size() > 1 ? wire::encode(metadata)

@@ -21,7 +21,8 @@ std::size_t metadata_size_hint(const Metadata& metadata);
 inline std::size_t metadata_arena_bytes(std::size_t text_bytes) { return 4 * text_bytes + 4096; }
 
 // The metadata document without its checksum, keys in the documented order:
-// {"format","version","state_dict_metadata","storage_data","files","planner_data"}.
+// {"format","version","state_dict_metadata","storage_data","files","planner_data"},
+// then "storage_meta" only when metadata.storage_meta is set.
 boost::json::object metadata_document(const Metadata& metadata, const JsonStorage& sp);
 
 // Decodes a metadata document in one streaming pass (no DOM: memory stays

@@ -28,7 +28,7 @@ json::object metadata_document(const Metadata& metadata, const JsonStorage& sp,
                                std::size_t n_storage, ForEachStorage&& for_each_storage,
                                std::size_t n_files, ForEachFile&& for_each_file) {
   json::object doc(sp);
-  doc.reserve(7);  // the six keys, and room for the checksum
+  doc.reserve(8);  // the six keys, storage_meta, and room for the checksum
   doc.emplace("format", kFormatName);
   doc.emplace("version", static_cast<std::int64_t>(metadata.version));
 
@@ -72,6 +72,19 @@ json::object metadata_document(const Metadata& metadata, const JsonStorage& sp,
   doc.emplace("files", std::move(files));
 
   doc.emplace("planner_data", to_json(metadata.planner_data, sp));
+
+  if (const auto& m = metadata.storage_meta) {  // optional: written only when set
+    json::object meta(sp);
+    meta.reserve(4);
+    meta.emplace("checkpoint_id", m->checkpoint_id);
+    meta.emplace("save_id", m->save_id);
+    meta.emplace("load_id", m->load_id);
+    json::array modules(sp);
+    modules.reserve(m->modules.size());
+    for (const std::string& module : m->modules) modules.emplace_back(module);
+    meta.emplace("modules", std::move(modules));
+    doc.emplace("storage_meta", std::move(meta));
+  }
   return doc;
 }
 
@@ -107,6 +120,10 @@ std::size_t metadata_size_hint(const Metadata& metadata) {
   }
   for (const auto& f : metadata.files) n += 64 + f.relative_path.size() + 19 * f.extent_checksums.size();
   for (const auto& [key, value] : metadata.planner_data) n += key.size() + value.size() + 8;
+  if (const auto& m = metadata.storage_meta) {
+    n += 80 + m->checkpoint_id.size() + m->save_id.size() + m->load_id.size();
+    for (const std::string& module : m->modules) n += module.size() + 4;
+  }
   return n;
 }
 

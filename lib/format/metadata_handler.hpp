@@ -75,15 +75,17 @@ struct Value {
 
 // What a container on the parser's stack is, and so what its values are.
 enum class Ctx : std::uint8_t {
-  root, items, item, chunks, chunk, shape, storage, entry, files, file, checksums, planner, skip
+  root, items, item, chunks, chunk, shape, storage, entry, files, file, checksums, planner,
+  meta, modules, skip
 };
 
 // The keys of each kind of object, in the order encode_metadata writes them
 // (the order in which missing ones are reported). Key k is bit k of `seen`.
-constexpr std::array<std::string_view, 7> kRootKeys = {
+constexpr std::array<std::string_view, 8> kRootKeys = {
     "format", "version", "state_dict_metadata", "storage_data", "files", "planner_data",
-    "checksum"};
-enum : std::uint8_t { kFormat, kVersion, kStateDict, kStorage, kFiles, kPlanner, kChecksum };
+    "storage_meta", "checksum"};
+enum : std::uint8_t { kFormat, kVersion, kStateDict, kStorage, kFiles, kPlanner, kStorageMeta,
+                      kChecksum };
 constexpr std::array<std::string_view, 4> kItemKeys = {"type", "dtype", "size", "chunks"};
 enum : std::uint8_t { kItemType, kItemDtype, kItemSize, kItemChunks };
 constexpr std::array<std::string_view, 2> kChunkKeys = {"offsets", "sizes"};
@@ -94,6 +96,9 @@ enum : std::uint8_t { kEntryFqn, kEntryOffset, kEntryIndex, kEntryFile, kEntryBy
                       kEntryLength };
 constexpr std::array<std::string_view, 4> kFileKeys = {"path", "size", "extent_size", "checksums"};
 enum : std::uint8_t { kFilePath, kFileSize, kFileExtentSize, kFileChecksums };
+constexpr std::array<std::string_view, 4> kMetaKeys = {"checkpoint_id", "save_id", "load_id",
+                                                       "modules"};
+enum : std::uint8_t { kMetaCheckpointId, kMetaSaveId, kMetaLoadId, kMetaModules };
 constexpr std::uint8_t kUnknownKey = 0xff;
 
 inline std::span<const std::string_view> keys_of(Ctx ctx) {
@@ -103,13 +108,14 @@ inline std::span<const std::string_view> keys_of(Ctx ctx) {
     case Ctx::chunk: return kChunkKeys;
     case Ctx::entry: return kEntryKeys;
     case Ctx::file: return kFileKeys;
+    case Ctx::meta: return kMetaKeys;
     default: return {};
   }
 }
 
 inline bool is_array(Ctx ctx) {
   return ctx == Ctx::chunks || ctx == Ctx::shape || ctx == Ctx::storage || ctx == Ctx::files ||
-         ctx == Ctx::checksums;
+         ctx == Ctx::checksums || ctx == Ctx::modules;
 }
 
 // The handler of basic_parser. It never stops the parser: faults are
@@ -302,6 +308,11 @@ class MetadataHandler {
       case Ctx::planner:
         if (auto s = expect_string(v)) planner_value_->assign(*s);
         return true;
+      case Ctx::meta:
+        return meta_value(f.field, v);
+      case Ctx::modules:  // REQUIRES: md.storage_meta set (on entering "storage_meta")
+        if (auto s = expect_string(v)) md.storage_meta->modules.emplace_back(*s);
+        return true;
       default:
         return skip(v);
     }
@@ -331,6 +342,9 @@ class MetadataHandler {
       case kStorage: return expect_array(v, Ctx::storage);
       case kFiles: return expect_array(v, Ctx::files);
       case kPlanner: return expect_object(v, Ctx::planner);
+      case kStorageMeta:  // optional
+        if (v.kind == Value::Kind::object) md.storage_meta.emplace();
+        return expect_object(v, Ctx::meta);
       default: return skip(v);
     }
   }
@@ -381,6 +395,26 @@ class MetadataHandler {
       case kEntryLength:
         if (auto x = expect_count(v)) info_.length = *x;
         return true;
+      default:
+        return skip(v);
+    }
+  }
+
+  // A field of "storage_meta". REQUIRES: md.storage_meta set.
+  bool meta_value(std::uint8_t field, const Value& v) {
+    StorageMeta& meta = *md.storage_meta;
+    switch (field) {
+      case kMetaCheckpointId:
+        if (auto s = expect_string(v)) meta.checkpoint_id.assign(*s);
+        return true;
+      case kMetaSaveId:
+        if (auto s = expect_string(v)) meta.save_id.assign(*s);
+        return true;
+      case kMetaLoadId:
+        if (auto s = expect_string(v)) meta.load_id.assign(*s);
+        return true;
+      case kMetaModules:
+        return expect_array(v, Ctx::modules);
       default:
         return skip(v);
     }
@@ -503,6 +537,9 @@ class MetadataHandler {
           break;
         case Ctx::file:
           has_fields(bits({kFilePath, kFileSize, kFileExtentSize, kFileChecksums}));
+          break;
+        case Ctx::meta:
+          has_fields(bits({kMetaCheckpointId, kMetaSaveId, kMetaLoadId, kMetaModules}));
           break;
         default:
           break;

@@ -16,8 +16,10 @@ inline constexpr const char* kMetadataFile = "metadata.json";
 inline constexpr const char* kFormatName = "ringckpt";
 
 // metadata.json: {"format": "ringckpt", "version": 1, "state_dict_metadata",
-// "storage_data", "files", "planner_data", "checksum"}; "checksum" is last and
-// is the XXH3-64 (hex) of the serialized document without it.
+// "storage_data", "files", "planner_data", "storage_meta" (optional: only when
+// set, {"checkpoint_id", "save_id", "load_id": strings, "modules": [strings]}),
+// "checksum"}; "checksum" is last and is the XXH3-64 (hex) of the serialized
+// document without it. A file without "storage_meta" decodes with nullopt.
 std::string encode_metadata(const Metadata& metadata);
 
 // encode_metadata of `metadata` with `results` recorded in it as add_results

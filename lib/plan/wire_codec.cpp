@@ -39,6 +39,10 @@ constexpr std::uint8_t kDtypeAsPrevious = 16;  // dtype == the previous dtype
 constexpr std::uint8_t kTensorFlags =
     kSizesAsPrevious | kOffsetsZero | kGlobalIsChunk | kGlobalAsPrevious | kDtypeAsPrevious;
 
+// Metadata's storage_meta: absent, or present and its fields follow.
+constexpr std::uint8_t kNoStorageMeta = 0;
+constexpr std::uint8_t kHasStorageMeta = 1;
+
 constexpr std::uint8_t kStatusOk = 0;
 constexpr std::uint8_t kStatusFailed = 1;
 
@@ -408,6 +412,16 @@ std::string encode(const Metadata& metadata) {
     put_storage_info(w, info);
   }
   put_files(w, metadata.files);
+  if (const auto& m = metadata.storage_meta) {
+    w.byte(kHasStorageMeta);
+    w.string(m->checkpoint_id);
+    w.string(m->save_id);
+    w.string(m->load_id);
+    w.u64(m->modules.size());
+    for (const std::string& module : m->modules) w.string(module);
+  } else {
+    w.byte(kNoStorageMeta);
+  }
   return std::move(w).take();
 }
 
@@ -441,6 +455,17 @@ Metadata decode_metadata(std::string_view bytes, const std::string& source) {
     md.storage_data.emplace_hint(md.storage_data.end(), std::move(index), std::move(info));
   }
   md.files = get_files(r);
+  const std::uint8_t has_meta = r.byte();
+  if (has_meta == kHasStorageMeta) {
+    StorageMeta& m = md.storage_meta.emplace();
+    m.checkpoint_id = r.string();
+    m.save_id = r.string();
+    m.load_id = r.string();
+    m.modules.resize(r.count(1, "storage meta module"));
+    for (std::string& module : m.modules) module = r.string();
+  } else if (has_meta != kNoStorageMeta) {
+    r.fail("storage meta flag " + std::to_string(has_meta) + " is neither absent nor present");
+  }
   r.finish();
   return md;
 }

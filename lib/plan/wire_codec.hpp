@@ -55,7 +55,8 @@
 namespace ringckpt::wire {
 
 inline constexpr std::uint8_t kMagic = 0xB5;
-inline constexpr std::uint8_t kVersion = 2;  // 2: component-coded names, compact WriteItems
+// 2: component-coded names, compact WriteItems; 3: Metadata carries storage_meta
+inline constexpr std::uint8_t kVersion = 3;
 inline constexpr std::size_t kHeaderSize = 3;
 
 enum class Kind : std::uint8_t {

@@ -22,6 +22,7 @@ struct FileSystemWriter::Impl {
   std::string dir;  // the checkpoint directory, as errors name it
   detail::RankWriter writer;
   int rank = 0;
+  std::string generation;  // chosen by the last prepare_global_plan; empty before
 };
 
 FileSystemWriter::FileSystemWriter(std::filesystem::path dir, IoOptions io, bool overwrite)
@@ -67,6 +68,7 @@ bool FileSystemWriter::validate_checkpoint_id(const std::filesystem::path& check
 
 void FileSystemWriter::reset(const std::filesystem::path& checkpoint_id) {
   impl_->dir = checkpoint_id.string();
+  impl_->generation.clear();
   impl_->writer.reset(checkpoint_id);
 }
 
@@ -83,7 +85,16 @@ std::vector<SavePlan> FileSystemWriter::prepare_global_plan(std::vector<SavePlan
   for (std::size_t r = 0; r < plans.size(); ++r) {
     plans[r].storage_data = data_prefix(static_cast<int>(r), generation);
   }
+  impl_->generation = generation;
   return plans;
+}
+
+std::optional<StorageMeta> FileSystemWriter::storage_meta() const {
+  if (impl_->generation.empty()) return std::nullopt;
+  StorageMeta meta;  // load_id and modules: empty, as DCP's FileSystemWriter leaves them
+  meta.checkpoint_id = impl_->dir;
+  meta.save_id = impl_->generation;
+  return meta;
 }
 
 WriteResults FileSystemWriter::write_data(const SavePlan& plan, SavePlanner& planner) {

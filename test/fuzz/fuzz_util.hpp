@@ -77,6 +77,7 @@ inline bool same(const StorageMetadata& a, const StorageMetadata& b) {
 
 inline bool same(const Metadata& a, const Metadata& b) {
   if (a.version != b.version || a.planner_data != b.planner_data || a.files != b.files ||
+      a.storage_meta != b.storage_meta ||
       a.state_dict_metadata.size() != b.state_dict_metadata.size() ||
       a.storage_data.size() != b.storage_data.size()) {
     return false;
