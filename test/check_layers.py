@@ -15,7 +15,7 @@ RANK = {"format": 0, "plan": 1, "io": 2, "save": 3, "load": 3, "drivers": 4, "to
 
 # The stage each public header belongs to.
 PUBLIC = {
-    "error": "format", "dtype": "format", "tensor": "format", "metadata": "format",
+    "error": "format", "dtype": "format", "tensor": "format", "fqn": "format", "metadata": "format",
     "plan": "format", "io_options": "format",
     "planner": "plan", "default_planner": "plan", "example_planners": "plan", "coordinator": "plan", "mpi": "plan",
     "storage": "plan",

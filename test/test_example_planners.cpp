@@ -83,7 +83,7 @@ BOOST_AUTO_TEST_CASE(rename_planner_prefixes_every_key_and_loads_back) {
   std::set<std::string> keys;
   for (const auto& [fqn, item] : md.state_dict_metadata) keys.insert(fqn);
   BOOST_TEST((keys == std::set<std::string>{"foo_w", "foo_emb", "foo_s", "foo_step"}));
-  for (const auto& [index, info] : md.storage_data) BOOST_TEST(index.fqn.starts_with("foo_"));
+  for (const auto& [index, info] : md.storage_data) BOOST_TEST(index.fqn.str().starts_with("foo_"));
   const std::vector<std::string> expected_names = {"foo_w", "foo_emb", "foo_s@0,0", "foo_s@4,0",
                                                    "foo_step"};
   BOOST_TEST(header_names(dir / test::first_data_file(dir.path())) == expected_names,

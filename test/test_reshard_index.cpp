@@ -411,3 +411,53 @@ BOOST_AUTO_TEST_CASE(shape_behaves_as_a_vector_in_place_and_on_the_heap) {
   BOOST_TEST(!(Shape{2} < Shape{1, 9}));
   BOOST_TEST((Shape(std::vector<std::int64_t>{4, 5}) == Shape{4, 5}));
 }
+
+BOOST_AUTO_TEST_CASE(an_fqn_is_one_shared_string_that_compares_as_its_text) {
+  const Fqn a("model.layers.0.attention.wq.weight");
+  const Fqn copy = a;
+  const Fqn b(std::string("model.layers.0.attention.wq.weight"));
+  BOOST_TEST(Fqn::same(a, copy));   // a copy shares the string
+  BOOST_TEST(!Fqn::same(a, b));     // equal text made twice does not
+  BOOST_TEST((a == b));
+  BOOST_TEST((a == "model.layers.0.attention.wq.weight"));
+  BOOST_TEST((a == std::string("model.layers.0.attention.wq.weight")));
+  BOOST_TEST((std::string_view("model.layers.0.attention.wq.weight") == a));
+  BOOST_TEST((a < Fqn("model.layers.0.attention.wr")));
+  BOOST_TEST((Fqn("b") > "a"));
+  BOOST_TEST(std::hash<Fqn>{}(a) == std::hash<std::string_view>{}(a.str()));
+  const Fqn empty;
+  BOOST_TEST(empty.empty());
+  BOOST_TEST((empty == Fqn("")));
+  BOOST_TEST(std::string_view(empty).size() == 0u);
+  const std::string& as_string = a;
+  BOOST_TEST(as_string.size() == a.size());
+}
+
+BOOST_AUTO_TEST_CASE(a_plans_items_share_their_tensors_name) {
+  // 2 tensors saved as 8 row shards, loaded as 2: every item of a tensor,
+  // in both its indexes, holds the one string of that tensor's name.
+  Metadata m;
+  StateDict sd;
+  for (const char* name : {"layers.0.w", "layers.1.w"}) {
+    TensorStorageMetadata tm;
+    tm.size = {16, 4};
+    for (std::int64_t r = 0; r < 8; ++r) tm.chunks.push_back({{2 * r, 0}, {2, 4}});
+    m.state_dict_metadata.emplace(name, tm);
+    ShardedTensor st;
+    st.global_shape = {16, 4};
+    for (std::int64_t r = 0; r < 2; ++r) {
+      st.shards.push_back({TensorView{nullptr, DType::F32, {8, 4}}, {8 * r, 0}});
+    }
+    sd.add(name, std::move(st));
+  }
+  DefaultLoadPlanner planner;
+  planner.set_up_planner(sd, m, true);
+  const LoadPlan plan = planner.create_local_plan();
+  BOOST_TEST_REQUIRE(plan.items.size() == 16u);
+  for (const ReadItem& item : plan.items) {
+    const ReadItem& first = item.dest_index.fqn == "layers.0.w" ? plan.items[0] : plan.items[8];
+    BOOST_TEST(Fqn::same(item.dest_index.fqn, first.dest_index.fqn));
+    BOOST_TEST(Fqn::same(item.storage_index.fqn, first.dest_index.fqn));
+  }
+  BOOST_TEST(!Fqn::same(plan.items[0].dest_index.fqn, plan.items[8].dest_index.fqn));
+}

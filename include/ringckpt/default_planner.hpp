@@ -113,7 +113,7 @@ class DefaultLoadPlanner : public LoadPlanner {
 // binary-searches them for each box instead of trying every chunk.
 // Throws Error naming `fqn` if a chunk or the box does not have the box's
 // rank, or if a chunk's or the box's end overflows int64.
-std::vector<ReadItem> read_items_for_box(const std::string& fqn,
+std::vector<ReadItem> read_items_for_box(const Fqn& fqn,
                                          const TensorStorageMetadata& stored,
                                          const MetadataIndex& dest_index,
                                          const ChunkStorageMetadata& dest);

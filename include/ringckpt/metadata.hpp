@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "ringckpt/dtype.hpp"
+#include "ringckpt/fqn.hpp"
 #include "ringckpt/tensor.hpp"
 
 namespace ringckpt {
@@ -42,9 +43,10 @@ using StorageMetadata = std::variant<TensorStorageMetadata, BytesStorageMetadata
 
 // Names one stored item: a whole tensor or blob (offset empty), or the chunk of
 // a tensor that starts at `offset`. `index` is a hint for a faster lookup in
-// the chunk list; it takes no part in comparison.
+// the chunk list; it takes no part in comparison. Items planned from one
+// entry share its Fqn (one string, however many chunks).
 struct MetadataIndex {
-  std::string fqn;
+  Fqn fqn;
   std::optional<Shape> offset;
   std::optional<std::size_t> index;
 

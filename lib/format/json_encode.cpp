@@ -30,7 +30,7 @@ json::object to_json(const ChunkStorageMetadata& chunk, const JsonStorage& sp) {
 }
 
 void put_index(json::object& out, const MetadataIndex& index) {
-  out.emplace("fqn", index.fqn);
+  out.emplace("fqn", index.fqn.str());
   if (index.offset) out.emplace("offset", to_json(*index.offset, out.storage()));
   if (index.index) out.emplace("index", static_cast<std::uint64_t>(*index.index));
 }

@@ -378,7 +378,10 @@ class MetadataHandler {
   bool entry_value(std::uint8_t field, const Value& v) {
     switch (field) {
       case kEntryFqn:
-        if (auto s = expect_string(v)) index_.fqn.assign(*s);
+        if (auto s = expect_string(v)) {
+          if (last_fqn_ != *s) last_fqn_ = Fqn(*s);  // a tensor's chunks share its name
+          index_.fqn = last_fqn_;
+        }
         return true;
       case kEntryOffset:  // optional: null is absent
         return v.kind == Value::Kind::null ? true : expect_shape(v, &index_.offset.emplace());
@@ -579,6 +582,7 @@ class MetadataHandler {
   Shape* shape_ = nullptr;               // the shape being read, into dims_
   Shape dims_;
   MetadataIndex index_;                  // the storage entry being read
+  Fqn last_fqn_;                         // the name of the entry read before
   StorageInfo info_;
   std::string* planner_value_ = nullptr;
 };

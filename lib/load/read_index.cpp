@@ -87,7 +87,7 @@ void ReadIndex::build(const Metadata& md) {
         entry == md.storage_data.end() ||
                 (stored != md.state_dict_metadata.end() && stored->first <= entry->first.fqn)
             ? stored->first
-            : entry->first.fqn;
+            : entry->first.fqn.str();
     Item& item = items_.emplace_back();
     item.name_begin = names_.size();
     item.name_size = name.size();

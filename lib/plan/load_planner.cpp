@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <deque>
 #include <span>
 #include <string>
 #include <variant>
@@ -28,13 +29,20 @@ namespace {
 // Advice only: nothing changes where the kernel declines.
 void advise_huge_pages(const void* p, std::size_t bytes) {
   constexpr std::uintptr_t kHugePage = std::uintptr_t{2} << 20;
-  if (bytes < 8 * kHugePage) return;
+  if (bytes < 2 * kHugePage) return;
   const auto at = reinterpret_cast<std::uintptr_t>(p);
   const std::uintptr_t begin = (at + kHugePage - 1) & ~(kHugePage - 1);
   const std::uintptr_t end = (at + bytes) & ~(kHugePage - 1);
   if (end > begin) {
     ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
   }
+}
+
+// Reserves `n` elements of `v`, backed by huge pages where the kernel will.
+template <typename T>
+void reserve_advised(std::vector<T>& v, std::size_t n) {
+  v.reserve(n);
+  advise_huge_pages(v.data(), n * sizeof(T));
 }
 
 using detail::check_shard;
@@ -67,7 +75,7 @@ void check_matches(const std::string& fqn, const TensorStorageMetadata& tm, cons
   }
 }
 
-ReadItem bytes_read_item(const std::string& fqn) {
+ReadItem bytes_read_item(const Fqn& fqn) {
   ReadItem item;
   item.type = LoadItemType::BYTE_IO;
   item.dest_index = MetadataIndex{fqn, std::nullopt, std::nullopt};
@@ -81,35 +89,27 @@ ReadItem bytes_read_item(const std::string& fqn) {
 // dest_index's tensor or shard, dest_index being {fqn, dest_offsets} when
 // null. REQUIRES: the box and the chunks have the same rank and no end
 // overflows (the index checked both).
-void append_read_items(std::vector<ReadItem>& out, const std::string& fqn,
+void append_read_items(std::vector<ReadItem>& out, const Fqn& fqn,
                        const TensorStorageMetadata& stored, const MetadataIndex* dest_index,
                        const Shape& dest_offsets, const Shape& dest_sizes,
                        std::span<const std::size_t> positions) {
   const std::size_t ndim = dest_offsets.size();
   for (std::size_t c : positions) {
     const auto& chunk = stored.chunks[c];
-    ReadItem& item = out.emplace_back();
-    item.type = LoadItemType::TENSOR;
-    if (dest_index) {
-      item.dest_index = *dest_index;
-    } else {
-      item.dest_index.fqn = fqn;
-      item.dest_index.offset = dest_offsets;
-    }
-    item.storage_index.fqn = fqn;
-    item.storage_index.offset = chunk.offsets;
-    item.storage_index.index = c;
-    item.dest_offsets.resize(ndim);  // in place up to Shape::kInline dimensions
-    item.storage_offsets.resize(ndim);
-    item.lengths.resize(ndim);
+    Shape at_dest(ndim), at_storage(ndim), lengths(ndim);  // in place up to kInline dims
     for (std::size_t d = 0; d < ndim; ++d) {  // no overflow: see REQUIRES
       const std::int64_t lo = std::max(chunk.offsets[d], dest_offsets[d]);
       const std::int64_t hi = std::min(chunk.offsets[d] + chunk.sizes[d],
                                        dest_offsets[d] + dest_sizes[d]);
-      item.dest_offsets[d] = lo - dest_offsets[d];
-      item.storage_offsets[d] = lo - chunk.offsets[d];
-      item.lengths[d] = hi - lo;
+      at_dest[d] = lo - dest_offsets[d];
+      at_storage[d] = lo - chunk.offsets[d];
+      lengths[d] = hi - lo;
     }
+    // Made in place from its members: each byte of the item written once.
+    out.emplace_back(LoadItemType::TENSOR,
+                     dest_index ? *dest_index : MetadataIndex{fqn, dest_offsets, std::nullopt},
+                     std::move(at_dest), MetadataIndex{fqn, chunk.offsets, c},
+                     std::move(at_storage), std::move(lengths));
   }
 }
 
@@ -134,8 +134,10 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
   // Two passes, so that the plan's items are made once, in place, in a
   // vector reserved to their exact count: the first checks every entry and
   // finds the chunks each box meets, the second makes the items.
+  // A box's items share the name of its entry: one Fqn (one string) for
+  // every item of every shard of a tensor.
   struct Box {
-    const std::string* fqn;
+    const Fqn* fqn;  // in names
     const TensorStorageMetadata* stored;  // null: a bytes entry
     const Shape* offsets;                 // null: the whole tensor (zeros)
     const Shape* sizes;
@@ -143,8 +145,29 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
   };
   std::vector<Box> boxes;
   std::vector<std::size_t> positions;  // the chunks meeting each box, box after box
+  std::deque<Fqn> names;               // stable addresses: the boxes point into it
+  {
+    // Reserved up front (a page is touched only as it fills): a box per
+    // shard, and chunks + boxes meetings per tensor, which bounds them when
+    // both are cut along one dimension (a finer cut only grows the vector).
+    std::size_t box_count = 0, meeting_count = 0;
+    for (const auto& entry : *state_dict_) {
+      const auto* st = std::get_if<ShardedTensor>(&entry.value);
+      const std::size_t shards = st ? st->shards.size() : 1;
+      box_count += shards;
+      auto it = metadata_->state_dict_metadata.find(entry.fqn);
+      if (it == metadata_->state_dict_metadata.end()) continue;
+      if (const auto* tm = std::get_if<TensorStorageMetadata>(&it->second)) {
+        meeting_count += shards + tm->chunks.size();
+      }
+    }
+    reserve_advised(boxes, box_count);
+    reserve_advised(positions, meeting_count);
+  }
   for (const auto& entry : *state_dict_) {
     const std::string& fqn = entry.fqn;
+    const Fqn* name = nullptr;  // made once an entry is to be read
+    auto named = [&] { return name ? name : (name = &names.emplace_back(fqn)); };
     auto it = metadata_->state_dict_metadata.find(fqn);
     if (it == metadata_->state_dict_metadata.end()) {
       if (options_.allow_partial_load) continue;
@@ -157,7 +180,7 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
                       ", the state dict asks for " + value_kind(entry.value));
     }
     if (stored_bytes) {
-      boxes.push_back({&fqn, nullptr, nullptr, nullptr, positions.size()});
+      boxes.push_back({named(), nullptr, nullptr, nullptr, positions.size()});
       continue;
     }
     const auto& tm = std::get<TensorStorageMetadata>(it->second);
@@ -169,7 +192,7 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
       check_matches(fqn, tm, t->shape, t->dtype, options_.strict_dtype);
       detail::ChunkIndex chunks(fqn, tm, t->shape.size());
       chunks.find_intersecting(Shape(t->shape.size(), 0), t->shape, positions);
-      boxes.push_back({&fqn, &tm, nullptr, &t->shape, positions.size()});
+      boxes.push_back({named(), &tm, nullptr, &t->shape, positions.size()});
     } else {
       const auto& st = std::get<ShardedTensor>(entry.value);
       check_matches(fqn, tm, st.global_shape, st.dtype, options_.strict_dtype);
@@ -178,15 +201,14 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
       detail::ChunkIndex chunks(fqn, tm, st.global_shape.size());  // once for all shards
       for (const auto& shard : st.shards) {
         chunks.find_intersecting(shard.offsets, shard.local.shape, positions);
-        boxes.push_back({&fqn, &tm, &shard.offsets, &shard.local.shape, positions.size()});
+        boxes.push_back({named(), &tm, &shard.offsets, &shard.local.shape, positions.size()});
       }
     }
   }
   LoadPlan plan;
   std::size_t count = positions.size();
   for (const Box& box : boxes) count += box.stored == nullptr;
-  plan.items.reserve(count);
-  advise_huge_pages(plan.items.data(), count * sizeof(ReadItem));
+  reserve_advised(plan.items, count);
   std::size_t begin = 0;
   for (const Box& box : boxes) {
     if (box.stored == nullptr) {
@@ -273,7 +295,7 @@ void DefaultLoadPlanner::commit_tensor(const ReadItem& item, const TensorView& t
 
 // ---------------------------------------------------------------------------
 
-std::vector<ReadItem> read_items_for_box(const std::string& fqn,
+std::vector<ReadItem> read_items_for_box(const Fqn& fqn,
                                          const TensorStorageMetadata& stored,
                                          const MetadataIndex& dest_index,
                                          const ChunkStorageMetadata& dest) {

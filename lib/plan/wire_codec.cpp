@@ -436,7 +436,7 @@ Metadata decode_metadata(std::string_view bytes, const std::string& source) {
   // Keys arrive in increasing order (std::map's); repeats are refused.
   const std::size_t names = r.count(3, "state dict entry");
   for (std::size_t i = 0; i < names; ++i) {
-    std::string fqn = r.fqn();
+    std::string fqn = r.fqn().str();
     StorageMetadata sm = get_storage_metadata(r);
     if (!md.state_dict_metadata.empty() && !(md.state_dict_metadata.rbegin()->first < fqn)) {
       r.fail("state dict entry " + std::to_string(i) + " is repeated or out of order");

@@ -17,6 +17,7 @@
 #include "plan/wire_codec.hpp"
 #include "ringckpt/dtype.hpp"
 #include "ringckpt/error.hpp"
+#include "ringckpt/fqn.hpp"
 #include "ringckpt/tensor.hpp"
 
 namespace ringckpt::wire {
@@ -247,8 +248,10 @@ class WireReader {
   void expand(const Shape& s) { expand(s.size() * sizeof(std::int64_t)); }
 
   // A name: components shared with the previous name, then the others, each a
-  // literal (numbered in order) or the number of an earlier literal.
-  std::string fqn() {
+  // literal (numbered in order) or the number of an earlier literal. A name
+  // equal to the previous one is the same Fqn (one string for a run of items
+  // of one tensor).
+  Fqn fqn() {
     const std::uint64_t shared = u64();
     if (shared > ends_.size()) {
       fail("a name shares " + std::to_string(shared) + " components with a previous name of " +
@@ -277,7 +280,8 @@ class WireReader {
       previous_ += part;
       ends_.push_back(previous_.size());
     }
-    return previous_;
+    if (previous_fqn_ != previous_) previous_fqn_ = Fqn(previous_);
+    return previous_fqn_;
   }
 
   std::string path() { return chained(previous_path_); }
@@ -318,6 +322,7 @@ class WireReader {
   // previous name and where each of its components ends.
   std::vector<std::string_view> components_;
   std::string previous_;
+  Fqn previous_fqn_;  // previous_, shared
   std::vector<std::size_t> ends_;
   std::string previous_path_;
 };
