@@ -74,7 +74,7 @@ struct PlanCacheReport {
 };
 
 struct AsyncSaveOptions {
-  std::optional<StagingMode> mode;   // default: CheckpointerOptions::default_mode
+  std::optional<StagingMode> mode{}; // default: CheckpointerOptions::default_mode
   bool overwrite = false;            // replace a checkpoint already in dir
   SavePlanner* planner = nullptr;    // default: DefaultSavePlanner; must outlive the save
 };

@@ -100,23 +100,11 @@ void load_with(StateDict& state_dict, StorageReader& reader, LoadPlanner* planne
 
   // 3. Every rank reads its part; the coordinator gathers how it went and
   // every rank learns the outcome.
-  std::vector<std::string> statuses = c.gather(guarded(rank, where, [&] {
+  all_or_none(c, where, "read status", [&] {
     LoadPlan plan = wire::decode_load_plan(payload(central, from("global plan status", 0)),
                                            from("global load plan", 0));
     reader.read_data(p.finish_plan(std::move(plan)), p);
-    return std::string();
-  }));
-  std::string outcome;
-  if (is_coordinator) {
-    outcome = guarded(rank, where, [&] {
-      for (int r = 0; r < static_cast<int>(statuses.size()); ++r) {
-        payload(std::move(statuses[r]), from("read status", r));
-      }
-      return std::string();
-    });
-  }
-  if (c.world_size() > 1) outcome = c.broadcast(std::move(outcome));
-  conclude(outcome, c.world_size());
+  });
 }
 
 }  // namespace detail

@@ -388,22 +388,9 @@ Checkpointer::Checkpointer(CheckpointerOptions options, Coordinator& coordinator
   impl_->options = std::move(options);
   impl_->coordinator = coordinator.duplicate();
   Coordinator& c = *impl_->coordinator;
-  const std::string where = "Checkpointer";
-  std::vector<std::string> statuses = c.gather(detail::guarded(c.rank(), where, [&] {
+  detail::all_or_none(c, "Checkpointer", "engine status", [&] {
     impl_->engine = std::make_shared<detail::IoEngine>(impl_->options.io);
-    return std::string();
-  }));
-  std::string outcome;
-  if (c.is_coordinator()) {
-    outcome = detail::guarded(c.rank(), where, [&] {
-      for (int r = 0; r < static_cast<int>(statuses.size()); ++r) {
-        detail::payload(std::move(statuses[r]), detail::from("engine status", r));
-      }
-      return std::string();
-    });
-  }
-  if (c.world_size() > 1) outcome = c.broadcast(std::move(outcome));
-  detail::conclude(outcome, c.world_size());
+  });
 } catch (...) {
   detail::rethrow_as_error(coordinator.world_size() == 1
                                ? std::string("Checkpointer")

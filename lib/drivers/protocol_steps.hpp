@@ -63,15 +63,6 @@ inline std::string payload(std::string status, const std::string& source) {
   return std::move(s.payload);
 }
 
-// Whether `status` (decodable or not) reports success.
-inline bool succeeded(std::string_view status) {
-  try {
-    return !wire::decode_status(status, "status").failure;
-  } catch (const Error&) {
-    return false;
-  }
-}
-
 // The end of a protocol on every rank: throws the failure that rank 0
 // broadcast, if any (naming the rank that failed, unless it is alone);
 // else returns the payload it broadcast.
@@ -84,13 +75,38 @@ inline std::string conclude(const std::string& outcome, int world_size) {
   return std::move(s.payload);
 }
 
-// Throws unless the global plan step produced one plan per rank: a scatter of
-// any other count would fail on rank 0 alone and leave the others waiting.
-inline void check_plan_count(std::size_t plans, int world_size) {
+// Throws unless `producer` (the step or the planner call that made them)
+// produced one plan per rank: a scatter of any other count would fail on
+// rank 0 alone and leave the others waiting.
+inline void check_plan_count(std::size_t plans, int world_size, const char* producer) {
   if (plans != static_cast<std::size_t>(world_size)) {
-    throw Error(ErrorCode::kInvalidArgument, "create_global_plan",
+    throw Error(ErrorCode::kInvalidArgument, producer,
                 std::to_string(plans) + " plans for " + std::to_string(world_size) + " ranks");
   }
+}
+
+// The last step of a protocol, on every rank: each runs `step` (guarded),
+// the coordinator gathers how it went, and every rank learns the outcome:
+// it throws the first failure (naming the rank, see conclude) or returns.
+// `status_name` names rank r's status in errors.
+template <typename F>
+void all_or_none(Coordinator& c, const std::string& where, std::string_view status_name,
+                 F&& step) {
+  std::vector<std::string> statuses = c.gather(guarded(c.rank(), where, [&] {
+    step();
+    return std::string();
+  }));
+  std::string outcome;
+  if (c.is_coordinator()) {
+    outcome = guarded(c.rank(), where, [&] {
+      for (int r = 0; r < static_cast<int>(statuses.size()); ++r) {
+        payload(std::move(statuses[r]), from(status_name, r));
+      }
+      return std::string();
+    });
+  }
+  if (c.world_size() > 1) outcome = c.broadcast(std::move(outcome));
+  conclude(outcome, c.world_size());
 }
 
 // The payloads of the statuses gathered from every rank, each decoded with
@@ -122,7 +138,7 @@ std::string scatter_global(Coordinator& c, const std::string& where,
     bool planned = false;
     const std::string status = guarded(c.rank(), where, [&] {
       encoded = global_payloads();
-      check_plan_count(encoded.size(), c.world_size());
+      check_plan_count(encoded.size(), c.world_size(), "the global plan step");
       for (auto& g : encoded) g = wire::encode_ok(g);
       planned = true;
       return std::string();

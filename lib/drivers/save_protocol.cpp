@@ -1,20 +1,14 @@
 // save_protocol.cpp — the collective save protocol (see save_protocol.hpp).
 #include "drivers/save_protocol.hpp"
 
-#include <span>
 #include <utility>
 
 #include "drivers/protocol_steps.hpp"
-#include "format/extent_checksum.hpp"
 #include "plan/plan_token.hpp"
 #include "plan/wire_codec.hpp"
 
 namespace ringckpt::detail {
 namespace {
-
-std::uint64_t fingerprint_of(std::string_view bytes) {
-  return checksum_of(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())));
-}
 
 // Rank 0's step 2: one encoded payload per rank (a global plan, or a token
 // naming the cached one), and the metadata skeleton of this save.
@@ -64,7 +58,7 @@ class GlobalStep {
     std::vector<SavePlan> shells(ranks);
     for (std::size_t r = 0; r < ranks; ++r) shells[r].planner_data = cache_->planner_data[r];
     shells = writer_.prepare_global_plan(std::move(shells));
-    check_plan_count(shells.size(), static_cast<int>(ranks));
+    check_plan_count(shells.size(), static_cast<int>(ranks), "prepare_global_plan");
     std::vector<std::string> out;
     out.reserve(ranks);
     for (std::size_t r = 0; r < ranks; ++r) {
@@ -83,7 +77,7 @@ class GlobalStep {
                                              from("local save plan", r)));
     }
     auto [planned, metadata] = planner_.create_global_plan(std::move(plans));
-    check_plan_count(planned.size(), static_cast<int>(encoded.size()));
+    check_plan_count(planned.size(), static_cast<int>(encoded.size()), "create_global_plan");
     std::vector<std::map<std::string, std::string>> planner_data;
     if (cache_) {
       planner_data.reserve(planned.size());
@@ -92,7 +86,7 @@ class GlobalStep {
     // Kept until this step object goes (after the scatter): freeing half a
     // million items need not delay the plans the ranks wait for.
     planned_ = writer_.prepare_global_plan(std::move(planned));
-    check_plan_count(planned_.size(), static_cast<int>(encoded.size()));
+    check_plan_count(planned_.size(), static_cast<int>(encoded.size()), "prepare_global_plan");
     std::vector<std::string> out;
     out.reserve(planned_.size());
     for (const auto& g : planned_) out.push_back(wire::encode(g));
@@ -101,8 +95,8 @@ class GlobalStep {
       std::vector<std::uint64_t> fingerprints, local_fingerprints;
       fingerprints.reserve(out.size());
       local_fingerprints.reserve(out.size());
-      for (const auto& g : out) fingerprints.push_back(fingerprint_of(g));
-      for (const auto& l : encoded) local_fingerprints.push_back(fingerprint_of(l));
+      for (const auto& g : out) fingerprints.push_back(wire::fingerprint(g));
+      for (const auto& l : encoded) local_fingerprints.push_back(wire::fingerprint(l));
       // Committed to the cache only once nothing can fail any more.
       cache_->locals = std::move(encoded);
       cache_->local_fingerprints = std::move(local_fingerprints);
@@ -141,7 +135,7 @@ SavePlan global_plan(const std::string& bytes, PlanCache* cache, std::string loc
     ++cache->cold_plans;
     cache->local = std::move(local);
     cache->global = plan;
-    cache->global_fingerprint = fingerprint_of(bytes);
+    cache->global_fingerprint = wire::fingerprint(bytes);
   }
   return plan;
 }
@@ -174,7 +168,7 @@ Metadata run_save(const StateDict& state_dict, StorageWriter& writer, SavePlanne
       writer.set_up_storage_writer(is_coordinator, rank);
       local = wire::encode(writer.prepare_local_plan(planner.create_local_plan()));
       if (reuse && !cache->local.empty() && cache->local == local) {
-        return wire::encode(wire::SamePlan{fingerprint_of(local), {}});
+        return wire::encode(wire::SamePlan{wire::fingerprint(local), {}});
       }
       return local;
     }));

@@ -76,7 +76,7 @@ struct SaveProtocolOptions {
   // whole of it, every save); else run() returns it on rank 0 only.
   bool share_metadata = true;
   // If set, this rank refuses the save in step 1 (every rank then fails with it).
-  std::exception_ptr refuse;
+  std::exception_ptr refuse{};
   // Where a failure that names no place of its own happened: the checkpoint
   // directory (or "rank N" for storage of unknown files).
   std::string where;

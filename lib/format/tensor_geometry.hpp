@@ -62,7 +62,7 @@ struct TilingFault {
     overlap_and_gap  // both, with as many elements held as there are
   };
   Kind kind = Kind::bad_shape;
-  std::optional<std::size_t> chunk;  // a chunk at fault, where one is known
+  std::optional<std::size_t> chunk{};  // a chunk at fault, where one is known
   unsigned __int128 held = 0;        // elements the non-empty chunks hold, summed
   std::uint64_t total = 0;           // elements of the global shape
   std::size_t split_dims = 0;        // for too_complex

@@ -317,9 +317,8 @@ SavePlan decode_save_plan(std::string_view bytes, const std::string& source) {
   return plan;
 }
 
-std::uint64_t fingerprint(const SavePlan& plan) {
-  const std::string bytes = encode(plan);
-  return checksum_of(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())));
+std::uint64_t fingerprint(std::string_view encoded) {
+  return checksum_of(std::as_bytes(std::span<const char>(encoded.data(), encoded.size())));
 }
 
 // ---------------------------------------------------------------------------

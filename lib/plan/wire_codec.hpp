@@ -85,9 +85,9 @@ LoadPlan decode_load_plan(std::string_view bytes, const std::string& source);
 WriteResults decode_write_results(std::string_view bytes, const std::string& source);
 Metadata decode_metadata(std::string_view bytes, const std::string& source);
 
-// XXH3-64 of encode(plan): equal plans (index hints included) have equal
-// fingerprints. What a kSamePlan token will carry.
-std::uint64_t fingerprint(const SavePlan& plan);
+// XXH3-64 of an encoded payload (a plan: equal plans, index hints included,
+// have equal fingerprints). What a kSamePlan token carries.
+std::uint64_t fingerprint(std::string_view encoded);
 
 // ---------------------------------------------------------------------------
 // Rank status: what one rank reports for one step of the protocol, either OK
