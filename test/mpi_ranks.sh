@@ -54,6 +54,15 @@ if [ -n "$tool" ]; then
   timeout 120 "$mpirun" -n 2 --oversubscribe --allow-run-as-root --mca btl self,vader \
     "$tool" bench --ranks 3 --size 16MiB --repeat 1 --dir "$dir/bench3" >/dev/null 2>&1
   [ $? -eq 2 ] || fail "bench --ranks 3 under mpirun -n 2 was not refused"
+  # A --dir rank 0 refuses (one of the bench's folders is there already):
+  # every rank ends, usage error, within the limit, and says why.
+  mkdir -p "$dir/taken/bench-sync"
+  err=$(timeout 60 "$mpirun" -n 2 --oversubscribe --allow-run-as-root --mca btl self,vader \
+    "$tool" bench --ranks 2 --size 16MiB --repeat 1 --dir "$dir/taken" 2>&1 >/dev/null)
+  rc=$?
+  [ "$rc" -ne 124 ] || fail "bench --ranks 2 hung when rank 0 refused --dir"
+  [ "$rc" -eq 2 ] || fail "bench --ranks 2 with a taken --dir exited $rc, not 2: $err"
+  printf '%s' "$err" | grep -q "already exists" || fail "bench --ranks 2 did not say why: $err"
 fi
 
 start=$(date +%s)

@@ -14,6 +14,7 @@
 // shard. Rank 0 prints the report (text, or --json shaped like the main run).
 #include <algorithm>
 #include <cstring>
+#include <exception>
 #include <iostream>
 
 #include "bench_baselines.hpp"
@@ -159,27 +160,28 @@ StateDict blank_twin(const StateDict& sd, std::vector<std::vector<std::byte>>& s
   return out;
 }
 
-}  // namespace
-
-int run_ranks_bench(const BenchOptions& o) {
-  MpiRun mpi;
-  MpiCoordinator world;
+// The run on every rank. REQUIRES: MPI initialized, n == o.ranks.
+int run_ranks(const BenchOptions& o, MpiCoordinator& world) {
   const int rank = world.rank(), n = world.world_size();
-  if (n != static_cast<int>(o.ranks)) {
-    throw UsageError("--ranks " + std::to_string(o.ranks) + " but mpirun started " +
-                     std::to_string(n) + " ranks");
-  }
   const bool root = rank == 0;
-  // Rank 0 makes the work directory; every rank writes in it.
+  // Rank 0 makes the work directory; every rank writes in it. If it cannot,
+  // every rank learns so (an empty path) and throws: rank 0 what it met.
   WorkDir work;
   std::string where;
+  std::exception_ptr refused;
   if (root) {
-    work = make_work_dir(o);
-    check_free(work, {"bench-device", "bench-sync", "bench-lazy"});
-    fs::create_directory(work.path / "bench-device");
-    where = work.path.string();
+    try {
+      work = make_work_dir(o);
+      check_free(work, {"bench-device", "bench-sync", "bench-lazy"});
+      fs::create_directory(work.path / "bench-device");
+      where = work.path.string();
+    } catch (...) {
+      refused = std::current_exception();
+    }
   }
   work.path = world.broadcast(where);
+  if (refused) std::rethrow_exception(refused);
+  if (work.path.empty()) throw UsageError("rank 0 could not prepare --dir (it says why)");
   const WorkDirCleanup cleanup{work, o.keep};  // owned (and so removed) on rank 0 only
   const fs::path dir = work.path;
 
@@ -274,6 +276,31 @@ int run_ranks_bench(const BenchOptions& o) {
   MPI_Barrier(MPI_COMM_WORLD);
   if (root) remove_quietly(dir / "bench-device");
   return all_ranks(r.ok || !root) ? 0 : 1;
+}
+
+}  // namespace
+
+int run_ranks_bench(const BenchOptions& o) {
+  MpiRun mpi;
+  MpiCoordinator world;
+  const int n = world.world_size();
+  if (n != static_cast<int>(o.ranks)) {  // every rank finds it: none waits
+    throw UsageError("--ranks " + std::to_string(o.ranks) + " but mpirun started " +
+                     std::to_string(n) + " ranks");
+  }
+  try {
+    return run_ranks(o, world);
+  } catch (const UsageError&) {
+    throw;  // found before any collective but the first, by every rank
+  } catch (const std::exception& e) {
+    // A failure on one rank may leave the others waiting in a collective
+    // (the bench's own MPI calls, outside the Checkpointer's protocol, do
+    // not carry it): report it and end the job rather than hang in
+    // MPI_Finalize.
+    std::cerr << "ringckpt bench --ranks: rank " << world.rank() << ": " << e.what() << std::endl;
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    return 1;
+  }
 }
 
 #endif
