@@ -165,7 +165,7 @@ int run_ranks(const BenchOptions& o, MpiCoordinator& world) {
   const int rank = world.rank(), n = world.world_size();
   const bool root = rank == 0;
   // Rank 0 makes the work directory; every rank writes in it. If it cannot,
-  // every rank learns so (an empty path) and throws: rank 0 what it met.
+  // it sends why instead (after a '\0'), and every rank throws it.
   WorkDir work;
   std::string where;
   std::exception_ptr refused;
@@ -175,13 +175,15 @@ int run_ranks(const BenchOptions& o, MpiCoordinator& world) {
       check_free(work, {"bench-device", "bench-sync", "bench-lazy"});
       fs::create_directory(work.path / "bench-device");
       where = work.path.string();
-    } catch (...) {
+    } catch (const std::exception& e) {
       refused = std::current_exception();
+      where = std::string(1, '\0') + e.what();
     }
   }
-  work.path = world.broadcast(where);
+  where = world.broadcast(where);
   if (refused) std::rethrow_exception(refused);
-  if (work.path.empty()) throw UsageError("rank 0 could not prepare --dir (it says why)");
+  if (where.starts_with('\0')) throw UsageError(where.substr(1));
+  work.path = where;
   const WorkDirCleanup cleanup{work, o.keep};  // owned (and so removed) on rank 0 only
   const fs::path dir = work.path;
 
