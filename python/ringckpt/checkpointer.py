@@ -29,6 +29,15 @@ class SaveHandle:
         self._core_handle.cancel()
 
 
+def _default_coordinator():
+    """The ranks of torch.distributed when it is initialized, else None."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from .distributed import TorchCoordinator
+        return TorchCoordinator()
+    return None
+
+
 def _running_future():
     future = concurrent.futures.Future()
     future.set_running_or_notify_cancel()
@@ -62,11 +71,15 @@ class Checkpointer:
 
     def __init__(self, ring_bytes: int = 256 << 20, *, extent_size: int = 8 << 20,
                  queue_depth: int = 16, staging_threads: int = 2, direct_io: bool = True,
-                 register_buffers: bool = True, max_file_bytes: int = 0, mode: str = "lazy"):
+                 register_buffers: bool = True, max_file_bytes: int = 0, mode: str = "lazy",
+                 coordinator="auto"):
+        if isinstance(coordinator, str) and coordinator == "auto":
+            coordinator = _default_coordinator()
         self._core = _core.Checkpointer(
             ring_bytes=ring_bytes, extent_size=extent_size, queue_depth=queue_depth,
             staging_threads=staging_threads, direct_io=direct_io,
-            register_buffers=register_buffers, max_file_bytes=max_file_bytes, mode=mode)
+            register_buffers=register_buffers, max_file_bytes=max_file_bytes, mode=mode,
+            coordinator=coordinator)
 
     def async_save(self, state_dict, path, *, mode=None, overwrite: bool = False,
                    allow_pickle: bool = False) -> SaveHandle:

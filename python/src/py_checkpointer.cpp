@@ -7,6 +7,7 @@
 #include "checkpointer_teardown.hpp"
 #include "gil_release.hpp"
 #include "io_options_args.hpp"
+#include "py_coordinator.hpp"
 #include "ringckpt/error.hpp"
 #include "save_callbacks.hpp"
 
@@ -35,10 +36,15 @@ void check_callable(const py::object& callback, const char* name) {
 
 }  // namespace
 
-PyCheckpointer::PyCheckpointer(const CheckpointerOptions& options) {
-  {
+PyCheckpointer::PyCheckpointer(const CheckpointerOptions& options,
+                               const py::object& coordinator) {
+  if (coordinator.is_none()) {
     GilRelease release;
     impl_ = std::shared_ptr<Checkpointer>(new Checkpointer(options), destroy_checkpointer);
+  } else {
+    PythonCoordinator ranks(coordinator);
+    GilRelease release;  // the constructor's collectives take it back, call by call
+    impl_ = std::shared_ptr<Checkpointer>(new Checkpointer(options, ranks), destroy_checkpointer);
   }
   register_checkpointer(this);
 }
@@ -115,8 +121,10 @@ void bind_checkpointer(py::module_& module) {
                }
                options.default_mode = staging_mode_from(mode.cast<std::string>());
              }
+             py::object coordinator = py::none();
+             if (rest.contains("coordinator")) coordinator = rest.attr("pop")("coordinator");
              options.io = io_options_from(py::kwargs(rest));
-             return std::make_unique<PyCheckpointer>(options);
+             return std::make_unique<PyCheckpointer>(options, coordinator);
            }),
            "Checkpointer(*, ring_bytes=256<<20, extent_size=8<<20, queue_depth=16, "
            "staging_threads=2, direct_io=True, register_buffers=True, max_file_bytes=0, "

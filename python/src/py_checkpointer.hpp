@@ -33,7 +33,9 @@ class PyCheckpointer {
  public:
   // Constructs the C++ Checkpointer with the GIL released (it pre-faults the
   // ring) and registers itself for the close at interpreter exit.
-  explicit PyCheckpointer(const CheckpointerOptions& options);
+  // `coordinator`: None (this process alone) or an object with the methods
+  // PythonCoordinator calls (a collective then: every rank constructs).
+  PyCheckpointer(const CheckpointerOptions& options, const py::object& coordinator);
   // What close() does.
   ~PyCheckpointer();
   PyCheckpointer(const PyCheckpointer&) = delete;
