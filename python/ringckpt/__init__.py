@@ -11,6 +11,7 @@ stopping the training loop, every extent verified on load.
 from .errors import Error
 from .api import inspect, load, load_state_dict, save, verify
 from .checkpointer import Checkpointer, SaveHandle
+from .shard import Shard
 
-__all__ = ["Checkpointer", "Error", "SaveHandle", "inspect", "load", "load_state_dict",
+__all__ = ["Checkpointer", "Error", "SaveHandle", "Shard", "inspect", "load", "load_state_dict",
            "save", "verify"]

@@ -16,6 +16,7 @@ import torch
 
 from . import _core, state_dict as structure_map, values
 from .errors import Error
+from .shard import local_shards
 
 __all__ = ["STRUCTURE_KEY", "SaveItems", "LoadTarget", "read_structure", "allocate",
            "to_torch_dtype", "element_size"]
@@ -84,7 +85,18 @@ class SaveItems:
         self.sources = []
         views = []
         for fqn, leaf in flat.items():
-            if isinstance(leaf, torch.Tensor):
+            shards = local_shards(leaf)  # before the tensor test: a ShardedTensor is one
+            if shards is not None:
+                for shard in shards:
+                    local = shard.local
+                    dtype = _checked_tensor(fqn, local)
+                    if not local.is_contiguous():
+                        _note_extra_copy(fqn, "saving")
+                        local = local.contiguous()
+                    self.sources.append(local)
+                    self.items.add_shard(fqn, local.data_ptr(), dtype, tuple(local.shape),
+                                         shard.offsets, shard.global_shape)
+            elif isinstance(leaf, torch.Tensor):
                 dtype = _checked_tensor(fqn, leaf)
                 if not leaf.is_contiguous():
                     _note_extra_copy(fqn, "saving")

@@ -137,6 +137,30 @@ void StateItems::add_tensors(py::handle items) {
   for (auto& [fqn, view] : views) dict_.add(std::move(fqn), std::move(view));
 }
 
+void StateItems::add_shard(std::string fqn, std::uintptr_t data, std::string_view dtype,
+                           Shape shape, Shape offsets, Shape global_shape) {
+  TensorView view = make_view(fqn, data, dtype, std::move(shape));
+  if (offsets.size() != view.shape.size() || global_shape.size() != view.shape.size()) {
+    throw invalid(fqn, "a shard's offsets and global shape need its " +
+                           std::to_string(view.shape.size()) + " dimensions");
+  }
+  StateValue* held = dict_.find(fqn);
+  if (held == nullptr) {
+    ShardedTensor st;
+    st.dtype = view.dtype;
+    st.global_shape = std::move(global_shape);
+    st.shards.push_back({std::move(view), std::move(offsets)});
+    dict_.add(std::move(fqn), std::move(st));
+    return;
+  }
+  auto* st = std::get_if<ShardedTensor>(held);
+  if (st == nullptr) throw invalid(fqn, "a shard of a key already added whole");
+  if (st->dtype != view.dtype || st->global_shape != global_shape) {
+    throw invalid(fqn, "shards of one tensor differ in dtype or global shape");
+  }
+  st->shards.push_back({std::move(view), std::move(offsets)});
+}
+
 void StateItems::add_bytes(std::string fqn, std::string_view value) {
   if (fqn.empty()) throw invalid("StateItems", "empty fqn");
   auto bytes = std::as_bytes(std::span<const char>(value.data(), value.size()));
@@ -169,6 +193,8 @@ void bind_state_items(py::module_& module) {
       .def("add_tensor", &StateItems::add_tensor, py::arg("fqn"), py::arg("data_ptr"),
            py::arg("dtype"), py::arg("shape"))
       .def("add_tensors", &StateItems::add_tensors, py::arg("items"))
+      .def("add_shard", &StateItems::add_shard, py::arg("fqn"), py::arg("data_ptr"),
+           py::arg("dtype"), py::arg("shape"), py::arg("offsets"), py::arg("global_shape"))
       .def("add_bytes",
            [](StateItems& self, std::string fqn, py::bytes value) {
              self.add_bytes(std::move(fqn), std::string_view(value));

@@ -38,6 +38,11 @@ class StateItems {
   // All or nothing: on an error no item of the call has been added.
   void add_tensors(py::handle items);
   void add_bytes(std::string fqn, std::string_view value);
+  // This rank's shard of tensor fqn: `shape` elements at `offsets` of a
+  // tensor of `global_shape`. A tensor may get several shards (all of one
+  // dtype and global shape); fqn must not also be a whole tensor or bytes.
+  void add_shard(std::string fqn, std::uintptr_t data, std::string_view dtype, Shape shape,
+                 Shape offsets, Shape global_shape);
 
   // The blob now held under fqn (after a load, the loaded one).
   // Throws Error(kNotFound) naming fqn if there is none, Error(kInvalidArgument)
