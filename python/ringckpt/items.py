@@ -174,7 +174,15 @@ class LoadTarget:
             source = stored_fqn(fqn)
             if source is None:
                 raise Error("not_found", fqn, f"is not in the checkpoint {path}")
-            if isinstance(leaf, torch.Tensor):
+            shards = local_shards(leaf)
+            if shards is not None:
+                for shard in shards:
+                    local = self._destination(fqn, shard.local)
+                    self.tensor_items.add_shard(source, local.data_ptr(),
+                                                _checked_tensor(fqn, local),
+                                                tuple(local.shape), shard.offsets,
+                                                shard.global_shape)
+            elif isinstance(leaf, torch.Tensor):
                 dtype = _checked_tensor(fqn, leaf)
                 self._destinations.append(leaf)
                 if not leaf.is_contiguous():
@@ -190,6 +198,20 @@ class LoadTarget:
                 self.value_items.add_bytes(source, b"")
                 self._values[fqn] = source
         self.tensor_items.add_tensors(views)
+
+    def _destination(self, fqn, tensor):
+        """What ringckpt writes into for `tensor`: itself, or a contiguous
+        stand-in copied back after the load."""
+        self._destinations.append(tensor)
+        if tensor.is_contiguous():
+            return tensor
+        if torch._debug_has_internal_overlap(tensor) == 1:
+            raise Error("invalid_argument", fqn, "is a view whose elements overlap "
+                        "(an expanded tensor): a load cannot fill it")
+        _note_extra_copy(fqn, "loading into")
+        stand_in = torch.empty(tensor.shape, dtype=tensor.dtype)
+        self._copy_back.append((tensor, stand_in))
+        return stand_in
 
     def run(self, load, path: str) -> None:
         """Loads through `load` (_core.load or a _core.Checkpointer's load): the
