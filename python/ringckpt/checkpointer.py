@@ -123,6 +123,12 @@ class Checkpointer:
                             allow_pickle)
         target.run(self._core.load, path)
 
+    def plan_cache(self) -> dict:
+        """How this rank's saves were planned: {"cold": n, "cached": n}; a save
+        whose plan is unchanged since the previous one is cached (its plan is
+        not sent again)."""
+        return self._core.plan_cache()
+
     def report(self) -> dict:
         """What the I/O path did: direct_io, registered_buffers, notes."""
         return self._core.report()

@@ -96,6 +96,14 @@ void PyCheckpointer::load(StateItems& items, const std::string& dir) {
   });
 }
 
+py::dict PyCheckpointer::plan_cache() const {
+  const PlanCacheReport r = open()->plan_cache();
+  py::dict out;
+  out["cold"] = r.cold;
+  out["cached"] = r.cached;
+  return out;
+}
+
 py::dict PyCheckpointer::report() const {
   IoReport io = open()->report();
   py::dict out;
@@ -136,6 +144,7 @@ void bind_checkpointer(py::module_& module) {
            py::arg("mode") = py::none(), py::arg("overwrite") = false)
       .def("load", &PyCheckpointer::load, py::arg("items"), py::arg("dir"))
       .def("report", &PyCheckpointer::report)
+      .def("plan_cache", &PyCheckpointer::plan_cache)
       .def("close", &PyCheckpointer::close)
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](PyCheckpointer& self, const py::args&) { self.close(); });

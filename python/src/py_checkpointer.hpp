@@ -48,6 +48,8 @@ class PyCheckpointer {
             bool overwrite);
   void load(StateItems& items, const std::string& dir);
   py::dict report() const;
+  // {"cold": saves planned from scratch, "cached": saves that reused the plan}.
+  py::dict plan_cache() const;
 
   // Destroys the C++ Checkpointer: saves not yet committed are cancelled, its
   // threads stopped (see checkpointer_teardown.hpp for where). Idempotent.

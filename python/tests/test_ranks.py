@@ -1,0 +1,145 @@
+"""ringckpt.Checkpointer over torch.distributed: gloo ranks started with
+torch.multiprocessing, one checkpoint from several ranks, resharded on load,
+and failures that reach every rank within a time limit."""
+
+import os
+import socket
+import tempfile
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import ringckpt
+
+LIMIT = 60  # seconds: no rank may wait longer for another
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _init(rank, world, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def _model():
+    g = torch.Generator().manual_seed(11)
+    return {"w": torch.randn(9, 4, generator=g), "c": torch.randn(3, 10, generator=g),
+            "b": torch.arange(5.0), "step": 7}
+
+
+def _rows(rank, world, n):  # uneven: the last rank holds the rest
+    size = n // world
+    lo = rank * size
+    return lo, (n if rank == world - 1 else lo + size)
+
+
+def _saved_state(rank, world):
+    m = _model()
+    r0, r1 = _rows(rank, world, 9)
+    c0, c1 = _rows(rank, world, 10)
+    return {"w": ringckpt.Shard(m["w"][r0:r1], (r0, 0), (9, 4)),
+            "c": ringckpt.Shard(m["c"][:, c0:c1], (0, c0), (3, 10)),  # not contiguous
+            "b": m["b"], "step": m["step"]}
+
+
+def _save(rank, world, port, path, steps):
+    _init(rank, world, port)
+    sd = _saved_state(rank, world)
+    with ringckpt.Checkpointer(ring_bytes=8 << 20, extent_size=1 << 20) as ck:
+        for _ in range(steps):
+            ck.async_save(sd, path, overwrite=True).committed.result(timeout=LIMIT)
+        plans = ck.plan_cache()
+    assert plans == {"cold": 1, "cached": steps - 1}, plans
+    dist.destroy_process_group()
+
+
+def _load_columns(rank, world, port, path):
+    _init(rank, world, port)
+    m = _model()
+    c0, c1 = _rows(rank, world, 4)
+    dest = torch.zeros(9, c1 - c0)
+    sd = {"w": ringckpt.Shard(dest, (0, c0), (9, 4)), "b": torch.zeros(5), "step": 0}
+    with ringckpt.Checkpointer(ring_bytes=8 << 20, extent_size=1 << 20) as ck:
+        ck.load(sd, path)
+    assert torch.equal(dest, m["w"][:, c0:c1])
+    assert torch.equal(sd["b"], m["b"]) and sd["step"] == 7
+    dist.destroy_process_group()
+
+
+def test_three_ranks_save_shards_two_load_them_one_loads_whole_tensors():
+    path = tempfile.mkdtemp() + "/ckpt"
+    mp.spawn(_save, args=(3, _free_port(), path, 5), nprocs=3)  # 5 async saves, plan reused
+    mp.spawn(_load_columns, args=(2, _free_port(), path), nprocs=2)
+    whole = ringckpt.load_state_dict(path)
+    m = _model()
+    for key in ("w", "c", "b"):
+        assert torch.equal(whole[key], m[key]), key
+    assert whole["step"] == 7
+    assert ringckpt.verify(path)["ok"]
+
+
+def _mismatch(rank, world, port, path, out):
+    _init(rank, world, port)
+    sd = {"w": torch.zeros(8, 8, dtype=torch.float32 if rank == 0 else torch.float64)}
+    with ringckpt.Checkpointer(ring_bytes=8 << 20, extent_size=1 << 20) as ck:
+        t0 = time.monotonic()
+        try:
+            ck.async_save(sd, path).committed.result(timeout=LIMIT)
+            message = "saved"
+        except ringckpt.Error as e:
+            message = str(e)
+        with open(f"{out}/{rank}", "w") as f:
+            f.write(f"{time.monotonic() - t0}\n{message}")
+    dist.destroy_process_group()
+
+
+def test_a_rank_that_fails_fails_every_rank():
+    path = tempfile.mkdtemp() + "/ckpt"
+    out = tempfile.mkdtemp()
+    mp.spawn(_mismatch, args=(2, _free_port(), path, out), nprocs=2)
+    for rank in (0, 1):
+        took, message = open(f"{out}/{rank}").read().split("\n", 1)
+        assert float(took) < LIMIT
+        assert "rank 1" in message and "F64" in message, message
+    assert not os.path.exists(path + "/metadata.json")
+
+
+def _dies(rank, world, port, path, out):
+    _init(rank, world, port)
+    ck = ringckpt.Checkpointer(ring_bytes=8 << 20, extent_size=1 << 20)
+    if rank == 1:
+        os._exit(3)  # gone before the save's first collective
+    t0 = time.monotonic()
+    try:
+        ck.async_save({"w": torch.zeros(64, 64)}, path).committed.result(timeout=LIMIT)
+        message = "saved"
+    except ringckpt.Error as e:
+        message = str(e)
+    with open(f"{out}/{rank}", "w") as f:
+        f.write(f"{time.monotonic() - t0}\n{message}")
+    ck.close()
+    os._exit(0)
+
+
+def test_a_rank_that_dies_fails_the_others_within_the_limit():
+    path = tempfile.mkdtemp() + "/ckpt"
+    out = tempfile.mkdtemp()
+    ctx = mp.get_context("spawn")  # not mp.spawn: it would tear the survivor down itself
+    port = _free_port()
+    procs = [ctx.Process(target=_dies, args=(r, 2, port, path, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(LIMIT + 30)
+    assert [p.exitcode for p in procs] == [0, 3]
+    took, message = open(f"{out}/0").read().split("\n", 1)
+    assert float(took) < LIMIT
+    assert message != "saved", message
+    assert not os.path.exists(path + "/metadata.json")
