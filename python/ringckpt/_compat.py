@@ -1,0 +1,64 @@
+"""The one place where ringckpt meets differences between torch versions.
+
+torch 1.13 (Debian 12's) keeps DCP at torch.distributed._shard.checkpoint, and
+on Python 3.11 importing anything under torch.distributed._shard fails: its
+ShardedTensorMetadata gives a dataclass field an unhashable default instance,
+which Python 3.11 refuses as mutable (fixed upstream by pytorch PR 91795,
+after 1.13.1). import_dcp() works around it the way that fix does, for the
+duration of the import only.
+"""
+
+import copy
+import dataclasses
+import functools
+import importlib
+import importlib.util
+import threading
+
+__all__ = ["import_dcp", "import_sharded_tensor"]
+
+_CURRENT_DCP = "torch.distributed.checkpoint"
+_LEGACY_DCP = "torch.distributed._shard.checkpoint"
+_import_lock = threading.Lock()
+
+
+def _field_with_default_factory(original):
+    """dataclasses.field, except that an unhashable default becomes a
+    default_factory making a copy of it: what PR 91795 wrote by hand."""
+    def field(*, default=dataclasses.MISSING, **kwargs):
+        if default is not dataclasses.MISSING and type(default).__hash__ is None:
+            return original(default_factory=functools.partial(copy.deepcopy, default),
+                            **kwargs)
+        return original(default=default, **kwargs)
+    return field
+
+
+def _import_patched(name: str):
+    with _import_lock:
+        original = dataclasses.field
+        dataclasses.field = _field_with_default_factory(original)
+        try:
+            return importlib.import_module(name)
+        finally:
+            dataclasses.field = original
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def import_dcp():
+    """torch's distributed checkpointing package: torch.distributed.checkpoint
+    where it exists, else 1.13's torch.distributed._shard.checkpoint."""
+    if _has_module(_CURRENT_DCP):
+        return importlib.import_module(_CURRENT_DCP)
+    return _import_patched(_LEGACY_DCP)
+
+
+def import_sharded_tensor():
+    """torch.distributed._shard.sharded_tensor (ShardedTensor, Shard,
+    init_from_local_shards), imported with the same work-around."""
+    return _import_patched("torch.distributed._shard.sharded_tensor")
