@@ -4,6 +4,7 @@ import concurrent.futures
 import os
 
 from . import _core
+from .errors import as_error
 from .items import LoadTarget, SaveItems, read_structure
 
 __all__ = ["Checkpointer", "SaveHandle"]
@@ -75,6 +76,10 @@ class Checkpointer:
                  coordinator="auto"):
         if isinstance(coordinator, str) and coordinator == "auto":
             coordinator = _default_coordinator()
+        # On N ranks every save and load is a collective: a rank that fails
+        # before it can start one still takes part, refusing it (see
+        # _core.Checkpointer's refusal), so that no other rank waits for it.
+        self._collective = coordinator is not None
         self._core = _core.Checkpointer(
             ring_bytes=ring_bytes, extent_size=extent_size, queue_depth=queue_depth,
             staging_threads=staging_threads, direct_io=direct_io,
@@ -88,7 +93,11 @@ class Checkpointer:
         moments later, on the completion thread). ringckpt keeps a reference
         to every tensor until `staged` resolves, so dropping the state dict
         early is safe; mutating a tensor before then is not."""
-        save_items = SaveItems(state_dict, allow_pickle)
+        try:
+            save_items = SaveItems(state_dict, allow_pickle)
+        except Exception as e:
+            self._refuse_save(e, path, mode, overwrite)
+            raise
         staged, committed = _running_future(), _running_future()
         sources = [save_items.sources]  # emptied once staged: the tensors may go
         # The save keeps its Checkpointer, as an executor's futures keep theirs:
@@ -111,7 +120,11 @@ class Checkpointer:
     def save(self, state_dict, path, *, mode=None, overwrite: bool = False,
              allow_pickle: bool = False) -> None:
         """Saves and returns once the checkpoint is durable and visible."""
-        save_items = SaveItems(state_dict, allow_pickle)
+        try:
+            save_items = SaveItems(state_dict, allow_pickle)
+        except Exception as e:
+            self._refuse_save(e, path, mode, overwrite)
+            raise
         self._core.save(save_items.items, os.fspath(path), mode=mode, overwrite=overwrite)
 
     def load(self, state_dict, path, *, allow_pickle: bool = False) -> None:
@@ -119,9 +132,22 @@ class Checkpointer:
         non-tensor values into its containers, through the same ring; every
         extent is verified before its bytes are used."""
         path = os.fspath(path)
-        target = LoadTarget(state_dict, path, read_structure(self._core.load, path),
-                            allow_pickle)
-        target.run(self._core.load, path)
+        structure = read_structure(self._core.load, path)
+        try:
+            target = LoadTarget(state_dict, path, structure, allow_pickle)
+        except Exception as e:
+            if self._collective:
+                self._core.load(_core.StateItems(), path, refusal=as_error(e))
+            raise
+        target.run(self._core.load, path, collective=self._collective)
+
+    def _refuse_save(self, exception, path, mode, overwrite) -> None:
+        """On N ranks: runs this rank's part of the save as a refusal, so that
+        it fails on every rank naming this one (the save's own futures are
+        not needed: the caller gets `exception`)."""
+        if self._collective:
+            self._core.async_save(_core.StateItems(), os.fspath(path), None, None, mode=mode,
+                                  overwrite=overwrite, refusal=as_error(exception))
 
     def plan_cache(self) -> dict:
         """How this rank's saves were planned: {"cold": n, "cached": n}; a save

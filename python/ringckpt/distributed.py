@@ -30,6 +30,7 @@ class TorchCoordinator:
                            else dist.distributed_c10d._get_global_rank(group, r)
                            for r in range(dist.get_world_size(group))]
         self._root = self._ranks[0]
+        self._broken = None  # why a collective failed; the group is unusable after
 
     def rank(self):
         return dist.get_rank(self._group)
@@ -43,17 +44,34 @@ class TorchCoordinator:
         group = dist.new_group(ranks=self._ranks, backend="gloo", timeout=self._timeout)
         return TorchCoordinator(group, self._timeout)
 
+    def _collective(self, name, run):
+        """Runs one collective of the group. After a failure the group is
+        broken for good (gloo closes its pairs on a timeout), so every later
+        collective fails at once, saying why."""
+        if self._broken is not None:
+            raise RuntimeError(f"ringckpt's group failed in an earlier collective "
+                               f"({self._broken}); make a new Checkpointer")
+        try:
+            return run()
+        except Exception as e:
+            self._broken = f"{name}: {e}"
+            raise RuntimeError(f"a rank of ringckpt's group died, or did not answer within "
+                               f"{self._timeout}: {e}") from e
+
     def gather(self, payload):
         out = [None] * self.world_size() if self.rank() == 0 else None
-        dist.gather_object(payload, out, dst=self._root, group=self._group)
+        self._collective("gather", lambda: dist.gather_object(
+            payload, out, dst=self._root, group=self._group))
         return out
 
     def scatter(self, payloads):
         out = [None]
-        dist.scatter_object_list(out, payloads, src=self._root, group=self._group)
+        self._collective("scatter", lambda: dist.scatter_object_list(
+            out, payloads, src=self._root, group=self._group))
         return out[0]
 
     def broadcast(self, payload):
         box = [payload]
-        dist.broadcast_object_list(box, src=self._root, group=self._group)
+        self._collective("broadcast", lambda: dist.broadcast_object_list(
+            box, src=self._root, group=self._group))
         return box[0]

@@ -1,6 +1,6 @@
 """The one exception ringckpt raises: what went wrong, and where."""
 
-__all__ = ["Error", "CODES"]
+__all__ = ["Error", "CODES", "as_error"]
 
 # The codes of ringckpt::ErrorCode, as Python names them.
 CODES = ("invalid_argument", "not_found", "already_exists", "corrupt", "mismatch", "io",
@@ -23,3 +23,11 @@ class Error(Exception):
 
     def __repr__(self) -> str:
         return f"ringckpt.Error({self.code!r}, {self.where!r}, {self.message!r})"
+
+
+def as_error(exception: BaseException) -> Error:
+    """`exception` as a ringckpt.Error (its type and text for anything else):
+    what a rank sends the others when it refuses a collective save or load."""
+    if isinstance(exception, Error):
+        return exception
+    return Error("invalid_argument", "", f"{type(exception).__name__}: {exception}")

@@ -15,7 +15,7 @@ import warnings
 import torch
 
 from . import _core, state_dict as structure_map, values
-from .errors import Error
+from .errors import Error, as_error
 from .shard import local_shards
 
 __all__ = ["STRUCTURE_KEY", "SaveItems", "LoadTarget", "read_structure", "allocate",
@@ -213,19 +213,26 @@ class LoadTarget:
         self._copy_back.append((tensor, stand_in))
         return stand_in
 
-    def run(self, load, path: str) -> None:
+    def run(self, load, path: str, *, collective: bool = False) -> None:
         """Loads through `load` (_core.load or a _core.Checkpointer's load): the
         values first, decoded before any tensor is read, then the tensors;
         then copies stand-ins into their destinations and puts the values into
-        the caller's containers."""
+        the caller's containers. `collective`: every rank runs this load, so
+        each makes both calls whatever its own state dict holds (each call is
+        a collective of all ranks)."""
         loaded = {}
-        if self._values:
+        if self._values or collective:
             load(self.value_items, path)
-            for fqn, source in self._values.items():
-                raw = self.value_items.bytes_of(source)
-                loaded[fqn] = raw if self._raw_values else values.decode(
-                    raw, key=fqn, allow_pickle=self._allow_pickle)
-        if len(self.tensor_items):
+            try:
+                for fqn, source in self._values.items():
+                    raw = self.value_items.bytes_of(source)
+                    loaded[fqn] = raw if self._raw_values else values.decode(
+                        raw, key=fqn, allow_pickle=self._allow_pickle)
+            except Exception as e:
+                if collective:  # the other ranks go on to the tensors' load
+                    load(_core.StateItems(), path, refusal=as_error(e))
+                raise
+        if len(self.tensor_items) or collective:
             load(self.tensor_items, path)
         with torch.no_grad():
             for destination, stand_in in self._copy_back:

@@ -8,6 +8,8 @@
 #include "gil_release.hpp"
 #include "io_options_args.hpp"
 #include "py_coordinator.hpp"
+#include "python_errors.hpp"
+#include "refusing_planners.hpp"
 #include "ringckpt/error.hpp"
 #include "save_callbacks.hpp"
 
@@ -64,35 +66,49 @@ std::shared_ptr<Checkpointer> PyCheckpointer::open() const {
 
 PySaveHandle PyCheckpointer::async_save(py::object items, const std::string& dir,
                                         py::object on_staged, py::object on_committed,
-                                        const std::optional<std::string>& mode, bool overwrite) {
+                                        const std::optional<std::string>& mode, bool overwrite,
+                                        const py::object& refusal) {
   StateItems& state = items.cast<StateItems&>();
   check_callable(on_staged, "on_staged");
   check_callable(on_committed, "on_committed");
   AsyncSaveOptions options;
   options.mode = optional_staging_mode_from(mode);
   options.overwrite = overwrite;
+  std::shared_ptr<RefusingSavePlanner> refusing;
+  if (!refusal.is_none()) {
+    refusing = std::make_shared<RefusingSavePlanner>(error_from_object(refusal));
+    options.planner = refusing.get();
+  }
   auto callbacks = std::make_shared<SaveCallbacks>(std::move(items), std::move(on_staged),
                                                    std::move(on_committed), dir);
   SaveHandle handle = without_gil(open(), [&](Checkpointer& checkpointer) {
     return checkpointer.async_save(state.state_dict(), dir, options);
   });
   SaveCallbacks::attach(callbacks, handle);
+  // The planner must outlive the save: the committed completion is its end.
+  if (refusing) handle.async_wait_committed([refusing](std::exception_ptr) {});
   return PySaveHandle(std::move(handle));
 }
 
 void PyCheckpointer::save(StateItems& items, const std::string& dir,
-                          const std::optional<std::string>& mode, bool overwrite) {
+                          const std::optional<std::string>& mode, bool overwrite,
+                          const py::object& refusal) {
   AsyncSaveOptions options;
   options.mode = optional_staging_mode_from(mode);
   options.overwrite = overwrite;
+  std::optional<RefusingSavePlanner> refusing;
+  if (!refusal.is_none()) options.planner = &refusing.emplace(error_from_object(refusal));
   without_gil(open(), [&](Checkpointer& checkpointer) {
     checkpointer.save(items.state_dict(), dir, options);
   });
 }
 
-void PyCheckpointer::load(StateItems& items, const std::string& dir) {
+void PyCheckpointer::load(StateItems& items, const std::string& dir, const py::object& refusal) {
+  std::optional<RefusingLoadPlanner> refusing;
+  LoadPlanner* planner = nullptr;
+  if (!refusal.is_none()) planner = &refusing.emplace(error_from_object(refusal));
   without_gil(open(), [&](Checkpointer& checkpointer) {
-    checkpointer.load(items.state_dict(), dir);
+    checkpointer.load(items.state_dict(), dir, planner);
   });
 }
 
@@ -139,10 +155,13 @@ void bind_checkpointer(py::module_& module) {
            "mode='lazy')")
       .def("async_save", &PyCheckpointer::async_save, py::arg("items"), py::arg("dir"),
            py::arg("on_staged"), py::arg("on_committed"), py::kw_only(),
-           py::arg("mode") = py::none(), py::arg("overwrite") = false)
+           py::arg("mode") = py::none(), py::arg("overwrite") = false,
+           py::arg("refusal") = py::none())
       .def("save", &PyCheckpointer::save, py::arg("items"), py::arg("dir"), py::kw_only(),
-           py::arg("mode") = py::none(), py::arg("overwrite") = false)
-      .def("load", &PyCheckpointer::load, py::arg("items"), py::arg("dir"))
+           py::arg("mode") = py::none(), py::arg("overwrite") = false,
+           py::arg("refusal") = py::none())
+      .def("load", &PyCheckpointer::load, py::arg("items"), py::arg("dir"), py::kw_only(),
+           py::arg("refusal") = py::none())
       .def("report", &PyCheckpointer::report)
       .def("plan_cache", &PyCheckpointer::plan_cache)
       .def("close", &PyCheckpointer::close)

@@ -41,12 +41,15 @@ class PyCheckpointer {
   PyCheckpointer(const PyCheckpointer&) = delete;
   PyCheckpointer& operator=(const PyCheckpointer&) = delete;
 
+  // `refusal`: None, or a ringckpt.Error this rank met before it could take
+  // part (see refusing_planners.hpp): the save or load then fails with it on
+  // every rank.
   PySaveHandle async_save(py::object items, const std::string& dir, py::object on_staged,
                           py::object on_committed, const std::optional<std::string>& mode,
-                          bool overwrite);
+                          bool overwrite, const py::object& refusal);
   void save(StateItems& items, const std::string& dir, const std::optional<std::string>& mode,
-            bool overwrite);
-  void load(StateItems& items, const std::string& dir);
+            bool overwrite, const py::object& refusal);
+  void load(StateItems& items, const std::string& dir, const py::object& refusal);
   py::dict report() const;
   // {"cold": saves planned from scratch, "cached": saves that reused the plan}.
   py::dict plan_cache() const;

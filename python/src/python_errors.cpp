@@ -38,6 +38,18 @@ const char* code_name(ErrorCode code) noexcept {
   return "io";
 }
 
+Error error_from_object(py::handle error) {
+  const auto name = error.attr("code").cast<std::string>();
+  ErrorCode code = ErrorCode::kIo;
+  for (ErrorCode c : {ErrorCode::kInvalidArgument, ErrorCode::kNotFound,
+                      ErrorCode::kAlreadyExists, ErrorCode::kCorrupt, ErrorCode::kMismatch,
+                      ErrorCode::kIo, ErrorCode::kCancelled}) {
+    if (name == code_name(c)) code = c;
+  }
+  return Error(code, error.attr("where").cast<std::string>(),
+               error.attr("message").cast<std::string>());
+}
+
 py::object error_object(const Error& error) {
   py::handle cls(g_error_class);
   return cls(code_name(error.code()), error.where(), error.message());

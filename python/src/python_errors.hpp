@@ -23,6 +23,10 @@ void init_errors(py::module_& module);
 // The Python name of `code`: "invalid_argument", "not_found", ...
 const char* code_name(ErrorCode code) noexcept;
 
+// The ringckpt::Error a ringckpt.errors.Error object stands for (an unknown
+// code reads as kIo). REQUIRES: the GIL is held.
+Error error_from_object(py::handle error);
+
 // A ringckpt.errors.Error object (not raised) for `error`.
 // REQUIRES: the GIL is held.
 py::object error_object(const Error& error);

@@ -13,6 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import ringckpt
+import ringckpt.distributed
+from ringckpt import _compat
 
 LIMIT = 60  # seconds: no rank may wait longer for another
 
@@ -31,7 +33,15 @@ def _init(rank, world, port):
 def _model():
     g = torch.Generator().manual_seed(11)
     return {"w": torch.randn(9, 4, generator=g), "c": torch.randn(3, 10, generator=g),
-            "b": torch.arange(5.0), "step": 7}
+            "b": torch.arange(5.0), "st": torch.randn(7, 3, generator=g), "step": 7}
+
+
+def _sharded_rows(full, rank, world):
+    """A torch ShardedTensor of `full` split by rows (uneven) over the ranks."""
+    st = _compat.import_sharded_tensor()
+    r0, r1 = _rows(rank, world, full.shape[0])
+    shard = st.Shard.from_tensor_and_offsets(full[r0:r1].clone(), [r0, 0], rank)
+    return st.init_from_local_shards([shard], *full.shape)
 
 
 def _rows(rank, world, n):  # uneven: the last rank holds the rest
@@ -46,7 +56,7 @@ def _saved_state(rank, world):
     c0, c1 = _rows(rank, world, 10)
     return {"w": ringckpt.Shard(m["w"][r0:r1], (r0, 0), (9, 4)),
             "c": ringckpt.Shard(m["c"][:, c0:c1], (0, c0), (3, 10)),  # not contiguous
-            "b": m["b"], "step": m["step"]}
+            "b": m["b"], "st": _sharded_rows(m["st"], rank, world), "step": m["step"]}
 
 
 def _save(rank, world, port, path, steps):
@@ -65,10 +75,13 @@ def _load_columns(rank, world, port, path):
     m = _model()
     c0, c1 = _rows(rank, world, 4)
     dest = torch.zeros(9, c1 - c0)
-    sd = {"w": ringckpt.Shard(dest, (0, c0), (9, 4)), "b": torch.zeros(5), "step": 0}
+    sd = {"w": ringckpt.Shard(dest, (0, c0), (9, 4)), "b": torch.zeros(5), "step": 0,
+          "st": _sharded_rows(torch.zeros(7, 3), rank, world)}
     with ringckpt.Checkpointer(ring_bytes=8 << 20, extent_size=1 << 20) as ck:
         ck.load(sd, path)
     assert torch.equal(dest, m["w"][:, c0:c1])
+    r0, r1 = _rows(rank, world, 7)
+    assert torch.equal(sd["st"].local_shards()[0].tensor, m["st"][r0:r1])
     assert torch.equal(sd["b"], m["b"]) and sd["step"] == 7
     dist.destroy_process_group()
 
@@ -79,56 +92,99 @@ def test_three_ranks_save_shards_two_load_them_one_loads_whole_tensors():
     mp.spawn(_load_columns, args=(2, _free_port(), path), nprocs=2)
     whole = ringckpt.load_state_dict(path)
     m = _model()
-    for key in ("w", "c", "b"):
+    for key in ("w", "c", "b", "st"):
         assert torch.equal(whole[key], m[key]), key
     assert whole["step"] == 7
     assert ringckpt.verify(path)["ok"]
 
 
-def _mismatch(rank, world, port, path, out):
+def _outcome(run):
+    """(seconds, "done" or the ringckpt.Error's text) of run()."""
+    t0 = time.monotonic()
+    try:
+        run()
+        message = "done"
+    except ringckpt.Error as e:
+        message = str(e)
+    return time.monotonic() - t0, message
+
+
+def _failures(rank, world, port, path, out):
     _init(rank, world, port)
-    sd = {"w": torch.zeros(8, 8, dtype=torch.float32 if rank == 0 else torch.float64)}
+    results = []
     with ringckpt.Checkpointer(ring_bytes=8 << 20, extent_size=1 << 20) as ck:
-        t0 = time.monotonic()
-        try:
-            ck.async_save(sd, path).committed.result(timeout=LIMIT)
-            message = "saved"
-        except ringckpt.Error as e:
-            message = str(e)
-        with open(f"{out}/{rank}", "w") as f:
-            f.write(f"{time.monotonic() - t0}\n{message}")
+        # Rank 1 cannot even build its items (a value that needs allow_pickle):
+        # it raises at once, and still fails the save on rank 0, named.
+        sd = {"w": torch.zeros(8, 8)}
+        if rank == 1:
+            sd["obj"] = object()
+        results.append(_outcome(lambda: ck.async_save(sd, path).committed.result(timeout=LIMIT)))
+        # The planners disagree (F32 against F64): every rank fails, naming rank 1.
+        sd = {"w": torch.zeros(8, 8, dtype=torch.float32 if rank == 0 else torch.float64)}
+        results.append(_outcome(lambda: ck.async_save(sd, path).committed.result(timeout=LIMIT)))
+        # The same Checkpointer still saves; then rank 1 asks to load a key the
+        # checkpoint lacks: every rank's load fails, naming it.
+        ck.save({"w": torch.ones(8, 8)}, path)
+        sd = {"w": torch.zeros(8, 8)} if rank == 0 else {"absent": torch.zeros(8, 8)}
+        results.append(_outcome(lambda: ck.load(sd, path)))
+    with open(f"{out}/{rank}", "w") as f:
+        f.write(repr(results))
     dist.destroy_process_group()
 
 
 def test_a_rank_that_fails_fails_every_rank():
     path = tempfile.mkdtemp() + "/ckpt"
     out = tempfile.mkdtemp()
-    mp.spawn(_mismatch, args=(2, _free_port(), path, out), nprocs=2)
+    mp.spawn(_failures, args=(2, _free_port(), path, out), nprocs=2)
     for rank in (0, 1):
-        took, message = open(f"{out}/{rank}").read().split("\n", 1)
-        assert float(took) < LIMIT
-        assert "rank 1" in message and "F64" in message, message
-    assert not os.path.exists(path + "/metadata.json")
+        pickled, typed, missing = eval(open(f"{out}/{rank}").read())
+        for took, message in (pickled, typed, missing):
+            assert took < LIMIT, message
+        # Rank 1 raises its own error for what it could not start; rank 0's
+        # names rank 1.
+        for took, message in (pickled, typed, missing) if rank == 0 else (typed,):
+            assert "rank 1" in message, message
+        assert "obj" in pickled[1] and "allow_pickle" in pickled[1], pickled
+        assert "F64" in typed[1], typed
+        assert "absent" in missing[1], missing
+    assert torch.equal(ringckpt.load_state_dict(path)["w"], torch.ones(8, 8))
+
+
+class _DiesAfterWriting(ringckpt.distributed.TorchCoordinator):
+    """Rank 1's collectives, which kill the process once its data is written:
+    in the gather of the write results, before the commit."""
+
+    planned = False
+
+    def duplicate(self):
+        inner = super().duplicate()
+        inner.__class__ = _DiesAfterWriting
+        return inner
+
+    def scatter(self, payloads):
+        _DiesAfterWriting.planned = True
+        return super().scatter(payloads)
+
+    def gather(self, payload):
+        if _DiesAfterWriting.planned:
+            os._exit(3)
+        return super().gather(payload)
 
 
 def _dies(rank, world, port, path, out):
     _init(rank, world, port)
-    ck = ringckpt.Checkpointer(ring_bytes=8 << 20, extent_size=1 << 20)
-    if rank == 1:
-        os._exit(3)  # gone before the save's first collective
-    t0 = time.monotonic()
-    try:
-        ck.async_save({"w": torch.zeros(64, 64)}, path).committed.result(timeout=LIMIT)
-        message = "saved"
-    except ringckpt.Error as e:
-        message = str(e)
+    coordinator = (_DiesAfterWriting() if rank == 1 else
+                   ringckpt.distributed.TorchCoordinator())
+    ck = ringckpt.Checkpointer(ring_bytes=8 << 20, extent_size=1 << 20, coordinator=coordinator)
+    took, message = _outcome(lambda: ck.async_save({"w": torch.zeros(64, 64)}, path)
+                             .committed.result(timeout=LIMIT))
     with open(f"{out}/{rank}", "w") as f:
-        f.write(f"{time.monotonic() - t0}\n{message}")
+        f.write(f"{took}\n{message}")
     ck.close()
     os._exit(0)
 
 
-def test_a_rank_that_dies_fails_the_others_within_the_limit():
+def test_a_rank_that_dies_mid_save_fails_the_others_within_the_limit():
     path = tempfile.mkdtemp() + "/ckpt"
     out = tempfile.mkdtemp()
     ctx = mp.get_context("spawn")  # not mp.spawn: it would tear the survivor down itself
@@ -141,5 +197,5 @@ def test_a_rank_that_dies_fails_the_others_within_the_limit():
     assert [p.exitcode for p in procs] == [0, 3]
     took, message = open(f"{out}/0").read().split("\n", 1)
     assert float(took) < LIMIT
-    assert message != "saved", message
+    assert "died" in message, message
     assert not os.path.exists(path + "/metadata.json")
