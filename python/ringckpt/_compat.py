@@ -13,9 +13,11 @@ import dataclasses
 import functools
 import importlib
 import importlib.util
+import sys
 import threading
 
-__all__ = ["import_dcp", "import_sharded_tensor"]
+__all__ = ["import_dcp", "import_sharded_tensor", "sharded_tensor_class", "dtensor_class",
+           "dtensor_part"]
 
 _CURRENT_DCP = "torch.distributed.checkpoint"
 _LEGACY_DCP = "torch.distributed._shard.checkpoint"
@@ -62,3 +64,42 @@ def import_sharded_tensor():
     """torch.distributed._shard.sharded_tensor (ShardedTensor, Shard,
     init_from_local_shards), imported with the same work-around."""
     return _import_patched("torch.distributed._shard.sharded_tensor")
+
+
+def sharded_tensor_class():
+    """torch's ShardedTensor class if the program imported it, else None: a
+    value cannot be one otherwise (and importing it here could fail)."""
+    module = sys.modules.get("torch.distributed._shard.sharded_tensor")
+    return getattr(module, "ShardedTensor", None) if module is not None else None
+
+
+# Where DTensor lives: torch.distributed.tensor from about 2.5, before that
+# torch.distributed._tensor; torch 1.13 has neither.
+_DTENSOR_MODULES = ("torch.distributed.tensor", "torch.distributed._tensor")
+
+
+def dtensor_class():
+    """torch's DTensor class if the program imported it, else None."""
+    for name in _DTENSOR_MODULES:
+        cls = getattr(sys.modules.get(name), "DTensor", None)
+        if cls is not None:
+            return cls
+    return None
+
+
+def dtensor_part(value):
+    """(local tensor, its offsets in the global tensor, the global shape) of a
+    DTensor, from torch's own placement arithmetic. Ranks holding the same
+    part (a replicated mesh dimension) give equal offsets, and the global plan
+    writes it once. (Not exercised here: Debian's torch 1.13 has no DTensor.)"""
+    for name in _DTENSOR_MODULES:
+        utils = sys.modules.get(name + "._utils")
+        if utils is None:
+            try:
+                utils = importlib.import_module(name + "._utils")
+            except ImportError:
+                continue
+        _, offsets = utils.compute_local_shape_and_global_offset(
+            value.shape, value.device_mesh, value.placements)
+        return value.to_local(), tuple(offsets), tuple(value.shape)
+    raise RuntimeError("ringckpt: a DTensor, but no torch module computes its placement")

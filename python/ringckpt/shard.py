@@ -1,8 +1,8 @@
 """A rank's part of a tensor split across ranks."""
 
-import sys
-
 import torch
+
+from . import _compat
 
 __all__ = ["Shard", "local_shards"]
 
@@ -24,22 +24,20 @@ class Shard:
                              "local tensor")
 
 
-def _sharded_tensor_class():
-    # Only if the program imported it: importing torch.distributed._shard
-    # fails on Python 3.11 with torch 1.13 unless worked around.
-    module = sys.modules.get("torch.distributed._shard.sharded_tensor")
-    return getattr(module, "ShardedTensor", None) if module is not None else None
-
-
 def local_shards(value):
     """The Shards `value` stands for (a Shard, a list of Shards, a
-    torch.distributed ShardedTensor), or None if it is not sharded."""
+    torch.distributed ShardedTensor or DTensor), or None if it is not sharded.
+    torch's classes are recognised only once the program has imported them
+    (see _compat)."""
     if isinstance(value, Shard):
         return [value]
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, Shard) for v in value):
         return list(value)
-    cls = _sharded_tensor_class()
-    if cls is not None and isinstance(value, cls):
+    sharded_tensor = _compat.sharded_tensor_class()
+    if sharded_tensor is not None and isinstance(value, sharded_tensor):
         size = tuple(value.metadata().size)
         return [Shard(s.tensor, s.metadata.shard_offsets, size) for s in value.local_shards()]
+    dtensor = _compat.dtensor_class()
+    if dtensor is not None and isinstance(value, dtensor):
+        return [Shard(*_compat.dtensor_part(value))]
     return None
