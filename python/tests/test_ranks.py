@@ -127,9 +127,25 @@ def _failures(rank, world, port, path, out):
         ck.save({"w": torch.ones(8, 8)}, path)
         sd = {"w": torch.zeros(8, 8)} if rank == 0 else {"absent": torch.zeros(8, 8)}
         results.append(_outcome(lambda: ck.load(sd, path)))
+    results.append(_outcome(lambda: _raise_mid_save(rank, path + "-mid")))
     with open(f"{out}/{rank}", "w") as f:
         f.write(repr(results))
     dist.destroy_process_group()
+
+
+def _raise_mid_save(rank, path):
+    """Rank 1's training code raises while its save is in flight: leaving the
+    with block closes the Checkpointer, which cancels the save, and the save
+    fails on every rank, naming rank 1."""
+    handle = None
+    try:
+        with ringckpt.Checkpointer(ring_bytes=8 << 20, extent_size=1 << 20) as ck:
+            handle = ck.async_save({"big": torch.ones(8 << 20)}, path)
+            if rank == 1:
+                raise RuntimeError("the training step failed")
+            handle.committed.result(timeout=LIMIT)
+    except RuntimeError:
+        handle.committed.result(timeout=LIMIT)  # raises the save's own error
 
 
 def test_a_rank_that_fails_fails_every_rank():
@@ -137,17 +153,19 @@ def test_a_rank_that_fails_fails_every_rank():
     out = tempfile.mkdtemp()
     mp.spawn(_failures, args=(2, _free_port(), path, out), nprocs=2)
     for rank in (0, 1):
-        pickled, typed, missing = eval(open(f"{out}/{rank}").read())
-        for took, message in (pickled, typed, missing):
+        pickled, typed, missing, raised = eval(open(f"{out}/{rank}").read())
+        for took, message in (pickled, typed, missing, raised):
             assert took < LIMIT, message
         # Rank 1 raises its own error for what it could not start; rank 0's
         # names rank 1.
-        for took, message in (pickled, typed, missing) if rank == 0 else (typed,):
+        for took, message in (pickled, typed, missing, raised) if rank == 0 else (typed,):
             assert "rank 1" in message, message
+        assert "cancel" in raised[1], raised
         assert "obj" in pickled[1] and "allow_pickle" in pickled[1], pickled
         assert "F64" in typed[1], typed
         assert "absent" in missing[1], missing
     assert torch.equal(ringckpt.load_state_dict(path)["w"], torch.ones(8, 8))
+    assert not os.path.exists(path + "-mid/metadata.json")
 
 
 class _DiesAfterWriting(ringckpt.distributed.TorchCoordinator):
