@@ -166,13 +166,21 @@ def test_overwrite_replaces_and_a_failed_save_keeps_the_previous():
         _save({"w": torch.full((3, 3), 3.0), "step": 3}, path, planner=_FailingPlanner("w"))
     _equal(_load({"w": torch.zeros(3, 3), "step": 0}, path), b)
     assert set(dirs_b) <= set(_rank_dirs(path))
-    # A symlink named like a rank dir is neither followed nor removed by the next save.
+    # The next save removes a failed save's leftover rank dir; a symlink named
+    # like one is neither followed nor removed; other names are not touched.
+    leftover = os.path.join(path, "f" * 32 + ".rank1")
+    os.mkdir(leftover)
+    open(os.path.join(leftover, "data"), "w").close()
     victim = tempfile.mkdtemp()
     open(os.path.join(victim, "keep"), "w").close()
     os.symlink(victim, os.path.join(path, "0" * 32 + ".rank7"))
+    os.mkdir(os.path.join(path, "notes.rank0"))
     _save(a, path)
+    assert not os.path.exists(leftover) and not set(dirs_b) & set(_rank_dirs(path))
     assert os.path.exists(os.path.join(victim, "keep"))
     assert os.path.islink(os.path.join(path, "0" * 32 + ".rank7"))
+    assert os.path.isdir(os.path.join(path, "notes.rank0"))
+    _equal(_load({"w": torch.zeros(3, 3), "step": 0}, path), a)
 
 
 def _replay_save(writer, state_dict, checkpoint_id):
@@ -206,7 +214,9 @@ def _replay_load(reader, state_dict, checkpoint_id):
 def test_current_protocol_call_sequence_round_trips():
     src = _source()
     path = tempfile.mkdtemp() + "/c"
-    writer = rdcp.StorageWriter("/nonexistent/placeholder")
+    checkpointer = ringckpt.Checkpointer(ring_bytes=8 << 20, extent_size=1 << 20,
+                                         coordinator=None)
+    writer = rdcp.StorageWriter("/nonexistent/placeholder", checkpointer=checkpointer)
     assert rdcp.StorageWriter.validate_checkpoint_id(path)
     assert rdcp.StorageReader.validate_checkpoint_id(path)
     assert not rdcp.StorageWriter.validate_checkpoint_id("s3://bucket/c")
@@ -214,12 +224,13 @@ def test_current_protocol_call_sequence_round_trips():
     assert writer.checkpoint_id == path
     if storage_meta is not None:  # 2.4+: StorageMeta naming the checkpoint
         assert storage_meta.checkpoint_id == path
-    reader = rdcp.StorageReader("/nonexistent/placeholder")
+    reader = rdcp.StorageReader("/nonexistent/placeholder", ring_bytes=4 << 20)
     got = _zeroed(src)
     _replay_load(reader, got, path)
     _equal(got, src)
     reader.reset()  # the deprecated entry points reset with no id: the path stays
     assert reader.checkpoint_id == path
+    checkpointer.close()
 
 
 def test_hostile_metadata_file_is_refused_naming_it(monkeypatch):
@@ -262,11 +273,31 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _sharded(st_module, rank, fill):
-    """A 4x3 ShardedTensor split by rows over 2 ranks: rank r holds rows 2r, 2r+1."""
-    local = fill(rank)
-    shard = st_module.Shard.from_tensor_and_offsets(local, [2 * rank, 0], rank)
-    return st_module.init_from_local_shards([shard], 4, 3)
+def _rows_of(rank):
+    """What rank r saves: rows r and r + 2 of a 4x3 tensor, one shard each."""
+    return torch.arange(6.0).reshape(2, 3) + 100 * rank
+
+
+def _whole():
+    whole = torch.zeros(4, 3)
+    for r in range(2):
+        whole[r], whole[r + 2] = _rows_of(r)
+    return whole
+
+
+def _by_rows(st, rank, rows):
+    """A 4x3 ShardedTensor of 4 one-row shards: rank r holds rows r and r + 2
+    (two chunks of one fqn in one rank directory)."""
+    shards = [st.Shard.from_tensor_and_offsets(rows[i:i + 1], [rank + 2 * i, 0], rank)
+              for i in range(2)]
+    return st.init_from_local_shards(shards, 4, 3)
+
+
+def _by_columns(st, rank):
+    """A zeroed 4x3 ShardedTensor split by columns: rank 0 holds 0-1, rank 1 holds 2."""
+    c0, c1 = (0, 2) if rank == 0 else (2, 3)
+    shard = st.Shard.from_tensor_and_offsets(torch.zeros(4, c1 - c0), [0, c0], rank)
+    return st.init_from_local_shards([shard], 4, 3), (c0, c1)
 
 
 def _ranks_worker(rank, world, port, ours, theirs):
@@ -274,8 +305,7 @@ def _ranks_worker(rank, world, port, ours, theirs):
     dist.init_process_group("gloo", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=LIMIT))
     st = import_sharded_tensor()
-    rows = lambda r: torch.arange(6.0).reshape(2, 3) + 100 * r  # noqa: E731
-    src = {"st": _sharded(st, rank, rows), "dense": torch.arange(5.0), "step": 9}
+    src = {"st": _by_rows(st, rank, _rows_of(rank)), "dense": torch.arange(5.0), "step": 9}
     dcp.save_state_dict(src, storage_writer=rdcp.StorageWriter(ours))
     dcp.save_state_dict(src, storage_writer=dcp.FileSystemWriter(theirs))
     dist.barrier()
@@ -284,18 +314,22 @@ def _ranks_worker(rank, world, port, ours, theirs):
     mine = next(d for d in dirs if d.endswith(f".rank{rank}"))
     entries = _core.read_metadata(os.path.join(ours, mine))["entries"]
     # 1.13's planner: every rank writes its own shards, the coordinator the rest.
-    assert set(entries) == ({"st", "dense", "step"} if rank == 0 else {"st"}), entries
+    expected = {"st", "st.chunk1"} | ({"dense", "step"} if rank == 0 else set())
+    assert set(entries) == expected, entries
+    readers = (lambda: rdcp.StorageReader(ours), lambda: dcp.FileSystemReader(theirs))
     loaded = []
-    for load in (lambda sd: dcp.load_state_dict(sd, storage_reader=rdcp.StorageReader(ours)),
-                 lambda sd: dcp.load_state_dict(sd, storage_reader=dcp.FileSystemReader(theirs))):
-        sd = {"st": _sharded(st, rank, lambda r: torch.zeros(2, 3)),
-              "dense": torch.zeros(5), "step": 0}
-        load(sd)
-        local = sd["st"].local_shards()[0].tensor
-        assert torch.equal(local, rows(rank)), (rank, local)
+    for reader in readers:
+        sd = {"st": _by_rows(st, rank, torch.zeros(2, 3)), "dense": torch.zeros(5), "step": 0}
+        dcp.load_state_dict(sd, storage_reader=reader())
+        local = torch.cat([s.tensor for s in sd["st"].local_shards()])
+        assert torch.equal(local, _rows_of(rank)), (rank, local)
         assert torch.equal(sd["dense"], torch.arange(5.0)) and sd["step"] == 9
         loaded.append(local)
     assert torch.equal(loaded[0], loaded[1])
+    # Resharded: columns out of row chunks (boxes inside chunks of both ranks).
+    columns, (c0, c1) = _by_columns(st, rank)
+    dcp.load_state_dict({"st": columns}, storage_reader=rdcp.StorageReader(ours))
+    assert torch.equal(columns.local_shards()[0].tensor, _whole()[:, c0:c1])
     dist.barrier()
     dist.destroy_process_group()
 
