@@ -42,7 +42,7 @@ import torch.futures
 
 from . import _core, _compat
 from .errors import Error
-from .items import _RINGCKPT_DTYPES, _checked_tensor
+from .items import _checked_tensor, to_torch_dtype
 
 _dcp = _compat.import_dcp()
 _WriteItemType, _LoadItemType = _compat.dcp_item_types()
@@ -421,10 +421,7 @@ class _ReadBatch:
             return
         info = self._stored_entry(entry, "tensor")
         fqn = request.dest_index.fqn
-        dtype = _TORCH_DTYPE.get(info["dtype"])
-        if dtype is None:
-            raise Error("mismatch", f"{self._directory}: {entry}", f"dtype {info['dtype']} "
-                        "has no torch equivalent")
+        dtype = to_torch_dtype(info["dtype"], f"{self._directory}: {entry}")
         lengths = tuple(request.lengths)
         target = planner.resolve_tensor(request).detach()
         if tuple(target.shape) != lengths:
@@ -447,6 +444,3 @@ class _ReadBatch:
                 if written is not target:
                     target.copy_(written)
                 planner.commit_tensor(request, target)
-
-
-_TORCH_DTYPE = {name: dtype for dtype, name in _RINGCKPT_DTYPES.items()}
