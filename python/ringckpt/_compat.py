@@ -16,8 +16,8 @@ import importlib.util
 import sys
 import threading
 
-__all__ = ["import_dcp", "import_sharded_tensor", "sharded_tensor_class", "dtensor_class",
-           "dtensor_part"]
+__all__ = ["import_dcp", "import_sharded_tensor", "dcp_write_result", "dcp_storage_meta",
+           "dcp_item_types", "sharded_tensor_class", "dtensor_class", "dtensor_part"]
 
 _CURRENT_DCP = "torch.distributed.checkpoint"
 _LEGACY_DCP = "torch.distributed._shard.checkpoint"
@@ -64,6 +64,28 @@ def import_sharded_tensor():
     """torch.distributed._shard.sharded_tensor (ShardedTensor, Shard,
     init_from_local_shards), imported with the same work-around."""
     return _import_patched("torch.distributed._shard.sharded_tensor")
+
+
+def _dcp_module(name: str):
+    """DCP's submodule `name` (storage, metadata, planner), after import_dcp()."""
+    return importlib.import_module(import_dcp().__name__ + "." + name)
+
+
+def dcp_write_result():
+    """DCP's WriteResult: storage.WriteResult in 1.13 and 2.x alike."""
+    return _dcp_module("storage").WriteResult
+
+
+def dcp_storage_meta():
+    """DCP's StorageMeta (2.4+: what a writer's storage_meta() returns and
+    Metadata.storage_meta holds), or None where DCP has none (1.13)."""
+    return getattr(_dcp_module("metadata"), "StorageMeta", None)
+
+
+def dcp_item_types():
+    """(WriteItemType, LoadItemType): planner.py's enums in 1.13 and 2.x."""
+    planner = _dcp_module("planner")
+    return planner.WriteItemType, planner.LoadItemType
 
 
 def sharded_tensor_class():
