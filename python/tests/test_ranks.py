@@ -217,3 +217,24 @@ def test_a_rank_that_dies_mid_save_fails_the_others_within_the_limit():
     assert float(took) < LIMIT
     assert "died" in message, message
     assert not os.path.exists(path + "/metadata.json")
+
+
+def test_the_readme_torchrun_example_runs_under_torchrun():
+    """The README's train.py, started as it says, with 2 ranks instead of 4."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    code = re.search(r"```python\n(# train\.py — torchrun.*?)```", readme, re.S).group(1)
+    work = tempfile.mkdtemp()
+    with open(f"{work}/train.py", "w") as f:
+        f.write(code.replace("    ...  ", "    pass "))
+    torchrun = shutil.which("torchrun") or f"{sys.executable} -m torch.distributed.run"
+    done = subprocess.run(torchrun.split() + ["--nproc_per_node", "2", "-r", "1", "-t", "1",
+                          "--master_port", str(_free_port()), "train.py"],
+                          cwd=work, capture_output=True, text=True, timeout=LIMIT * 2)
+    assert done.returncode == 0, done.stdout + done.stderr
+    whole = ringckpt.load_state_dict(f"{work}/ckpt/step-3")
+    assert whole["step"] == 3 and tuple(whole["w"].shape) == (4096, 1024)
+    assert torch.equal(whole["bias"], torch.zeros(1024))
