@@ -14,8 +14,9 @@ import functools
 import importlib
 import importlib.util
 import threading
+import warnings
 
-__all__ = ["import_dcp", "import_sharded_tensor"]
+__all__ = ["import_dcp", "import_sharded_tensor", "dcp_nesting_paths", "dcp_load_no_dist"]
 
 _CURRENT_DCP = "torch.distributed.checkpoint"
 _LEGACY_DCP = "torch.distributed._shard.checkpoint"
@@ -62,3 +63,27 @@ def import_sharded_tensor():
     """torch.distributed._shard.sharded_tensor (ShardedTensor, Shard,
     init_from_local_shards), imported with the same work-around."""
     return _import_patched("torch.distributed._shard.sharded_tensor")
+
+
+def dcp_nesting_paths(metadata):
+    """{fqn: key path} of a DCP checkpoint's Metadata: where each flattened
+    entry sat in the nested state dict (a str key is a dict's, an int a list
+    index). torch 2.x's default planner flattens nested dicts and records the
+    paths in planner_data; torch 1.13 does not flatten (planner_data is None):
+    then None, and every fqn is a top-level key."""
+    paths = getattr(metadata, "planner_data", None)
+    if not isinstance(paths, dict):
+        return None
+    if not all(isinstance(path, tuple) and path for path in paths.values()):
+        return None  # a custom planner's own data, not paths
+    return paths
+
+
+def dcp_load_no_dist(dcp, state_dict, storage_reader) -> None:
+    """DCP's load of `state_dict` from `storage_reader` in this process alone,
+    with no process group: 1.13's load_state_dict(no_dist=True); in 2.x the
+    same call still exists, deprecated (its warning is silenced here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        dcp.load_state_dict(state_dict, storage_reader, no_dist=True)
