@@ -116,6 +116,17 @@ def test_dcp_checkpoint_to_ringckpt_equals_the_source(tmp_path):
         assert_identical(loaded[key], source[key], key)
 
 
+def test_ringckpt_dcp_checkpoint_to_ringckpt(tmp_path):
+    ringckpt_dcp = pytest.importorskip("ringckpt.dcp")  # another part of the package
+    dcp = _compat.import_dcp()
+    source = {"weight": special_floats(torch.float32), "step": 5}
+    dcp.save_state_dict(source, ringckpt_dcp.StorageWriter(str(tmp_path / "dcp")),
+                        no_dist=True)
+    # FileSystemReader cannot read this layout: a success went through ringckpt.dcp's reader.
+    assert convert.convert(tmp_path / "dcp", tmp_path / "ck") == "DCP checkpoint"
+    assert_identical(ringckpt.load_state_dict(tmp_path / "ck"), source)
+
+
 def test_nesting_is_rebuilt_from_dcp_paths():
     flat = {"model.w": 1, "optim.state.0.m": 2, "groups.1": 3, "groups.0": 4, "top": 5}
     paths = {"model.w": ("model", "w"), "optim.state.0.m": ("optim", "state", "0", "m"),
