@@ -54,6 +54,12 @@ def _gb(nbytes: int) -> str:
     return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"
 
 
+def _part_of(done: int, total: int) -> str:
+    """"1.2 of 2.6 GB": both in the unit that suits `total`."""
+    scale, unit = (1e9, "GB") if total >= 1e8 else (1e6, "MB")
+    return f"{done / scale:.1f} of {total / scale:.1f} {unit}"
+
+
 class Reporter:
     """Where a conversion reports: lines on `stream` for any phase moving more
     than `threshold` bytes, none for smaller ones."""
@@ -104,7 +110,7 @@ class Progress:
 
     def _print(self, elapsed=None) -> None:
         percent = min(100, 100 * self._done // max(1, self._total))
-        text = f"{self._label}: {percent}% ({_gb(self._done)[:-3]} of {_gb(self._total)})"
+        text = f"{self._label}: {percent}% ({_part_of(self._done, self._total)})"
         if elapsed is not None:
             text += f" in {elapsed:.1f} s"
         self._reporter.line(text)
@@ -137,33 +143,45 @@ class Phase:
 
 
 class CountingFile:
-    """A binary file object passing every read and write through to `raw` and
-    the number of bytes moved to `progress` (torch.load and torch.save accept
-    it as a file)."""
+    """A binary file object passing every read and write through to `raw`,
+    in pieces of at most PIECE bytes (torch moves a whole tensor's storage in
+    one call), and the number of bytes moved to `progress`; torch.load and
+    torch.save accept it as a file."""
+
+    PIECE = 16 << 20
 
     def __init__(self, raw, progress: Progress):
         self._raw = raw
         self._progress = progress
 
     def read(self, size=-1):
-        data = self._raw.read(size)
-        self._progress.add(len(data))
-        return data
+        if size is None or size < 0:
+            data = self._raw.read()
+            self._progress.add(len(data))
+            return data
+        buffer = bytearray(size)
+        count = self.readinto(buffer)
+        del buffer[count:]
+        return bytes(buffer)
 
     def readinto(self, buffer):
-        count = self._raw.readinto(buffer)
-        self._progress.add(count or 0)
-        return count
-
-    def readline(self, size=-1):
-        data = self._raw.readline(size)
-        self._progress.add(len(data))
-        return data
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view):
+            count = self._raw.readinto(view[done:done + self.PIECE])
+            if not count:
+                break
+            done += count
+            self._progress.add(count)
+        return done
 
     def write(self, data):
-        count = self._raw.write(data)
-        self._progress.add(count if count is not None else len(memoryview(data).cast("B")))
-        return count
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), self.PIECE):
+            piece = view[start:start + self.PIECE]
+            self._raw.write(piece)  # a buffered file writes all of it
+            self._progress.add(len(piece))
+        return len(view)
 
     def seek(self, offset, whence=os.SEEK_SET):
         return self._raw.seek(offset, whence)

@@ -214,3 +214,17 @@ def test_sizes_parse():
         [4096, 64 << 20, 64 << 20, 1 << 30, 2048]
     with pytest.raises(ValueError):
         convert.parse_size("lots")
+
+
+def test_progress_counts_within_one_tensor(tmp_path, monkeypatch):
+    monkeypatch.setattr(convert, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(convert.CountingFile, "PIECE", 256 << 10)
+    source = {"w": torch.randn(1024, 1024)}  # 4 MiB: one storage, one read and one write
+    torch.save(source, tmp_path / "src.pt")
+    out = io.StringIO()
+    convert.convert(tmp_path / "src.pt", tmp_path / "ck",
+                    reporter=convert.Reporter(threshold=0, stream=out))
+    reading = [line for line in out.getvalue().splitlines() if line.startswith("reading")]
+    percents = [int(line.split(": ")[1].split("%")[0]) for line in reading]
+    assert len(percents) >= 10 and percents == sorted(percents) and percents[-1] == 100
+    assert_identical(ringckpt.load_state_dict(tmp_path / "ck"), source)
