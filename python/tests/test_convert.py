@@ -228,3 +228,21 @@ def test_progress_counts_within_one_tensor(tmp_path, monkeypatch):
     percents = [int(line.split(": ")[1].split("%")[0]) for line in reading]
     assert len(percents) >= 10 and percents == sorted(percents) and percents[-1] == 100
     assert_identical(ringckpt.load_state_dict(tmp_path / "ck"), source)
+
+
+def test_failed_torch_save_leaves_neither_half_file_nor_temporary(tmp_path, monkeypatch):
+    ringckpt.save({"w": torch.ones(4)}, tmp_path / "ck")
+    (tmp_path / "old.pt").write_bytes(b"the previous file")
+
+    def half_then_fail(obj, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_then_fail)
+    with pytest.raises(ringckpt.Error) as failed:
+        convert.convert(tmp_path / "ck", tmp_path / "old.pt", overwrite=True)
+    assert failed.value.code == "io" and "No space left" in str(failed.value)
+    assert (tmp_path / "old.pt").read_bytes() == b"the previous file"
+    with pytest.raises(ringckpt.Error):
+        convert.convert(tmp_path / "ck", tmp_path / "new.pt")
+    assert sorted(os.listdir(tmp_path)) == ["ck", "old.pt"]
