@@ -22,20 +22,36 @@ drifts; only ratios within a round mean anything). Gates: Python sync save
 load >= 1.2 x torch.load. The last round checks that every load equals the
 source (torch.equal on every tensor) and that ringckpt.verify passes.
 
+--ranks N (N > 1) splits the same model across N gloo ranks on this machine
+(torch.multiprocessing): every tensor with at least N rows and 64 KiB is a
+row-sharded ShardedTensor, smaller ones are replicated. Each round, interleaved:
+the device baseline (`ringckpt bench --json --repeat 1` run by rank 0: one
+io_uring O_DIRECT writer of a model of the same size), DCP save_state_dict with
+FileSystemWriter (sync_files=True), DCP save_state_dict with
+ringckpt.dcp.StorageWriter (skipped where the package has no ringckpt.dcp),
+ringckpt's own Checkpointer(coordinator="auto").async_save timed to committed;
+then, page cache dropped before each, DCP load with FileSystemReader, with
+ringckpt.dcp.StorageReader and ringckpt's Checkpointer.load into the same
+sharded layout. Times run from a barrier before to a barrier after. Gates: DCP
+on ringckpt.dcp >= 0.8 x device, ringckpt's own save >= 0.85 x device; the
+ratios to DCP's own writer and reader are reported; the last round checks every
+rank's part of every load against the source, bit for bit.
+
 Usage (Debian's torch 1.13 lives in /usr/bin/python3; needs root to drop the
 page cache, else it falls back to posix_fadvise(DONTNEED) per file):
     PYTHONPATH=build/python /usr/bin/python3 bench/compare_torch.py \
-        --size 1GiB --repeat 5 --ringckpt build/tools/ringckpt [--json out.json]
+        --size 1GiB --repeat 5 --ringckpt build/tools/ringckpt [--ranks 2] [--json out.json]
 Run in a directory on a real disk (default /var/tmp), not tmpfs. Not run in CI.
 """
 
 import argparse
-import copy
-import dataclasses
+import datetime
+import importlib.util
 import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -49,47 +65,12 @@ import torch
 
 
 def import_dcp():
-    """torch 1.13's DCP (torch.distributed._shard.checkpoint) and the list of
-    dataclass fields that had to be patched to import it.
-
-    Python 3.11 refuses a dataclass field whose default is an instance of an
-    unhashable class; torch 1.13's ShardedTensorMetadata has such a default
-    (a TensorProperties(), fixed upstream by pytorch PR 91795). While DCP is
-    imported, `dataclasses.dataclass` is wrapped so that such a default becomes
-    a default_factory returning a deep copy of it, which is the upstream fix.
-    Classes decorated outside this import are untouched (the wrapper is removed
-    afterwards)."""
-    patched = []
-    plain_dataclass = dataclasses.dataclass
-
-    def factory_for(value):
-        return lambda: copy.deepcopy(value)
-
-    def move_unhashable_defaults(cls):
-        for name in cls.__dict__.get("__annotations__", {}):
-            held = cls.__dict__.get(name, dataclasses.MISSING)
-            if isinstance(held, dataclasses.Field):
-                default = held.default
-                if default is not dataclasses.MISSING and type(default).__hash__ is None:
-                    held.default = dataclasses.MISSING
-                    held.default_factory = factory_for(default)
-                    patched.append(f"{cls.__qualname__}.{name}")
-            elif held is not dataclasses.MISSING and type(held).__hash__ is None:
-                setattr(cls, name, dataclasses.field(default_factory=factory_for(held)))
-                patched.append(f"{cls.__qualname__}.{name}")
-        return cls
-
-    def dataclass_with_factories(cls=None, /, **options):
-        def decorate(target):
-            return plain_dataclass(move_unhashable_defaults(target), **options)
-        return decorate if cls is None else decorate(cls)
-
-    dataclasses.dataclass = dataclass_with_factories
-    try:
-        import torch.distributed._shard.checkpoint as dcp
-    finally:
-        dataclasses.dataclass = plain_dataclass
-    return dcp, patched
+    """(DCP, notes): torch's DCP through ringckpt._compat.import_dcp (the
+    project's one work-around for torch 1.13 on Python 3.11, pytorch PR 91795),
+    and an empty list where the old private work-around listed the fields it
+    patched (train_torch.py still unpacks the pair)."""
+    from ringckpt._compat import import_dcp as compat_import_dcp
+    return compat_import_dcp(), []
 
 
 def flat_for_dcp(state, prefix=""):
@@ -484,6 +465,335 @@ def summarize(ctx, repeat):
     return rows, gates, ratios
 
 
+# --------------------------------------------------------------------------
+# --ranks N: the same model split across N gloo ranks of this machine.
+#
+# Every tensor with at least N rows and SHARD_MIN_BYTES bytes is a
+# ShardedTensor, its rows split across the ranks (the last rank takes the
+# rest); smaller tensors are replicated (the same bytes on every rank). The
+# same state dict goes to DCP's FileSystemWriter, to DCP on ringckpt.dcp's
+# StorageWriter and to ringckpt's own Checkpointer over torch.distributed.
+
+SHARD_MIN_BYTES = 64 << 10
+RANK_LIMIT = datetime.timedelta(minutes=10)  # no rank waits longer for another
+
+
+def row_range(rank, world, rows):
+    size = rows // world
+    return rank * size, (rows if rank == world - 1 else (rank + 1) * size)
+
+
+def random_tensor(shape, dtype, seed):
+    t = torch.empty(shape, dtype=dtype)
+    if t.numel():
+        gen = torch.Generator().manual_seed(seed)
+        t.view(-1).view(torch.uint8).random_(0, 2 if dtype == torch.bool else 256,
+                                             generator=gen)
+    return t
+
+
+def sharded_states(metadata_path, seed, rank, world, st):
+    """(source, target, tensor bytes of the whole model): flat state dicts with
+    the names, dtypes and shapes of a ringckpt checkpoint's metadata.json,
+    big tensors as row-sharded ShardedTensors (collective: every rank calls
+    it in the same order), the rest replicated; `target` is zeros of the same
+    layout. A shard's bytes are seeded by (seed, tensor, rank)."""
+    with open(metadata_path) as f:
+        entries = json.load(f)["state_dict_metadata"]
+    source, target, nbytes = {}, {}, 0
+    for index, (name, entry) in enumerate(entries.items()):
+        if entry.get("type") != "tensor":
+            source[name], target[name] = 1000, 0
+            continue
+        shape = [int(s) for s in entry["size"]]
+        dtype = _DTYPES[entry["dtype"]]
+        whole = torch.empty(shape, dtype=dtype)
+        nbytes += whole.numel() * whole.element_size()
+        if len(shape) >= 1 and shape[0] >= world and \
+                whole.numel() * whole.element_size() >= SHARD_MIN_BYTES:
+            lo, hi = row_range(rank, world, shape[0])
+            local = random_tensor([hi - lo] + shape[1:], dtype, (seed * 7919 + index) * 64 + rank)
+            offsets = [lo] + [0] * (len(shape) - 1)
+            source[name] = st.init_from_local_shards(
+                [st.Shard.from_tensor_and_offsets(local, offsets, rank)], *shape)
+            target[name] = st.init_from_local_shards(
+                [st.Shard.from_tensor_and_offsets(torch.zeros_like(local), offsets, rank)],
+                *shape)
+        else:
+            source[name] = random_tensor(shape, dtype, (seed * 7919 + index) * 64 + 63)
+            target[name] = torch.zeros_like(source[name])
+        del whole
+    return source, target, nbytes
+
+
+def local_tensors(value):
+    """The tensors a rank holds of one value: a ShardedTensor's local shards,
+    or the tensor itself."""
+    if hasattr(value, "local_shards"):
+        return [s.tensor for s in value.local_shards()]
+    return [value] if isinstance(value, torch.Tensor) else []
+
+
+def reset_target(target):
+    for name, value in target.items():
+        tensors = local_tensors(value)
+        for t in tensors:
+            t.zero_()
+        if not tensors:
+            target[name] = 0
+
+
+def first_local_difference(source, target):
+    """None if this rank's part of `target` equals `source`, bit for bit."""
+    for name, want in source.items():
+        got = target.get(name)
+        mine, theirs = local_tensors(want), local_tensors(got)
+        if not mine:
+            if got != want:
+                return name
+        elif len(mine) != len(theirs) or not all(
+                a.dtype == b.dtype and a.shape == b.shape
+                and torch.equal(raw_bytes(a), raw_bytes(b)) for a, b in zip(mine, theirs)):
+            return name
+    return None
+
+
+def rank_worker(rank, world, port, cfg):
+    """One rank: builds its part of the model, then runs cfg["repeat"]
+    rounds in lockstep with the others; rank 0 times (barrier to barrier),
+    runs the device baseline and drops the page cache, and writes the
+    samples and findings to cfg["out"]."""
+    import torch.distributed as dist
+    import ringckpt
+    from ringckpt import _compat
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=RANK_LIMIT)
+    dcp = _compat.import_dcp()
+    st = _compat.import_sharded_tensor()
+    try:
+        from ringckpt import dcp as ringckpt_dcp
+    except ImportError:
+        ringckpt_dcp = None
+    source, target, state_bytes = sharded_states(cfg["metadata"], cfg["seed"], rank, world, st)
+    cache = PageCache() if rank == 0 else None
+    samples = {k: [] for k in RANK_SAMPLES}
+    found = {}
+    io = dict(ring_bytes=cfg["ring_bytes"], extent_size=cfg["extent_size"],
+              queue_depth=cfg["queue_depth"], staging_threads=2, direct_io=True)
+
+    def timed(action):
+        dist.barrier()
+        start = time.perf_counter()
+        action()
+        dist.barrier()
+        return time.perf_counter() - start
+
+    def drop(path):
+        dist.barrier()
+        if rank == 0:
+            cache.drop(path)
+        dist.barrier()
+
+    def dcp_fs_save(path):
+        dcp.save_state_dict(source, dcp.FileSystemWriter(path, sync_files=True))
+        if rank == 0:  # .metadata and the directory, as ringckpt fsyncs its own
+            fsync_path(os.path.join(path, ".metadata"))
+            fsync_path(path)
+
+    with ringckpt.Checkpointer(coordinator="auto", mode="lazy", **io) as ck, \
+            ringckpt.Checkpointer(coordinator=None, mode="lazy", **io) as ck_local:
+        warm = os.path.join(cfg["root"], "warm-up")
+        ck.async_save(source, warm).committed.result(timeout=RANK_LIMIT.total_seconds())
+        if ringckpt_dcp is not None:
+            dcp.save_state_dict(source, ringckpt_dcp.StorageWriter(warm + "-dcp",
+                                                                   checkpointer=ck_local))
+        dist.barrier()
+        if rank == 0:
+            remove(warm)
+            remove(warm + "-dcp")
+        for r in range(cfg["repeat"]):
+            check = r + 1 == cfg["repeat"]
+            where = os.path.join(cfg["root"], f"round-{r}")
+            path = {k: os.path.join(where, k) for k in ("cpp", "dcp-fs", "dcp-ringckpt",
+                                                        "ringckpt")}
+            if rank == 0:
+                os.makedirs(where)
+                cpp = run_cpp_bench(cfg["binary"], cfg["size_text"], path["cpp"], keep=False)
+                samples["device"].append(cpp["phases"]["device"]["median"])
+                remove(path["cpp"])
+            dist.barrier()
+            saves = [("dcp fs save", lambda: dcp_fs_save(path["dcp-fs"]))]
+            if ringckpt_dcp is not None:
+                saves.append(("dcp ringckpt save", lambda: dcp.save_state_dict(
+                    source, ringckpt_dcp.StorageWriter(path["dcp-ringckpt"],
+                                                       checkpointer=ck_local))))
+            saves.append(("ringckpt save", lambda: ck.async_save(
+                source, path["ringckpt"]).committed.result(timeout=RANK_LIMIT.total_seconds())))
+            for key, action in saves:
+                samples[key].append(timed(action))
+            loads = [("dcp fs load", "dcp-fs", lambda: dcp.load_state_dict(
+                target, dcp.FileSystemReader(path["dcp-fs"])))]
+            if ringckpt_dcp is not None:
+                loads.append(("dcp ringckpt load", "dcp-ringckpt", lambda: dcp.load_state_dict(
+                    target, ringckpt_dcp.StorageReader(path["dcp-ringckpt"],
+                                                       checkpointer=ck_local))))
+            loads.append(("ringckpt load", "ringckpt", lambda: ck.load(target, path["ringckpt"])))
+            for key, directory, action in loads:
+                reset_target(target)  # a load that did nothing cannot pass the check
+                drop(path[directory])
+                samples[key].append(timed(action))
+                if check:
+                    found[key] = first_local_difference(source, target)
+            dist.barrier()
+            if rank == 0:
+                shutil.rmtree(where, ignore_errors=True)
+                print(f"  round {r + 1}/{cfg['repeat']} done", file=sys.stderr, flush=True)
+    everyone = [None] * world
+    dist.all_gather_object(everyone, found)
+    if rank == 0:
+        merged = {k: next((f"rank {i}: {f[k]}" for i, f in enumerate(everyone) if f[k]), None)
+                  for k in found}
+        with open(cfg["out"], "w") as f:
+            json.dump({"samples": samples, "found": merged, "state_bytes": state_bytes,
+                       "ringckpt_dcp": ringckpt_dcp is not None,
+                       "page_cache": cache.method}, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+RANK_SAMPLES = ("device", "dcp fs save", "dcp ringckpt save", "ringckpt save", "dcp fs load",
+                "dcp ringckpt load", "ringckpt load")
+
+
+def summarize_ranks(result, repeat, world):
+    """Table rows, gates and ratios of a --ranks run. Save and load rates count
+    the model's tensor bytes; the device row is `ringckpt bench`'s raw
+    io_uring O_DIRECT write rate of a model of the same size (one writer)."""
+    s, nbytes = result["samples"], result["state_bytes"]
+    have_rdcp = result["ringckpt_dcp"]
+
+    def per_round(f):
+        return median([f(i) for i in range(repeat)])
+
+    def vs_device(key):
+        return per_round(lambda i: nbytes / s[key][i] / 1e9 / s["device"][i])
+
+    def dcp_time_over(key, dcp_key):
+        return per_round(lambda i: s[dcp_key][i] / s[key][i])
+
+    ratios = {"ringckpt save / device": vs_device("ringckpt save"),
+              "dcp fs save / device": vs_device("dcp fs save"),
+              "dcp fs save / ringckpt save (time)": dcp_time_over("ringckpt save", "dcp fs save"),
+              "dcp fs load / ringckpt load (time)": dcp_time_over("ringckpt load", "dcp fs load")}
+    if have_rdcp:
+        ratios.update({
+            "dcp ringckpt save / device": vs_device("dcp ringckpt save"),
+            "dcp fs save / dcp ringckpt save (time)": dcp_time_over("dcp ringckpt save",
+                                                                    "dcp fs save"),
+            "dcp fs load / dcp ringckpt load (time)": dcp_time_over("dcp ringckpt load",
+                                                                    "dcp fs load")})
+
+    def row(label, key, ratio_key="", ratio_text=""):
+        if not s[key]:
+            return [label, "not run", "", "", "ringckpt.dcp is not in this package"]
+        sec = median(s[key])
+        ratio = f"{ratios[ratio_key]:.2f}" if ratio_key else ""
+        return [label, f"{sec:.3f}", f"{nbytes / sec / 1e9:.2f}", ratio, ratio_text]
+
+    device = median(s["device"])
+    rows = [
+        ["device write, io_uring O_DIRECT (ringckpt bench, 1 writer)",
+         f"{nbytes / device / 1e9:.3f}", f"{device:.2f}", "", ""],
+        row(f"DCP save, FileSystemWriter (sync_files), {world} ranks", "dcp fs save",
+            "dcp fs save / device", "its rate / device"),
+        row(f"DCP save, ringckpt.dcp.StorageWriter, {world} ranks", "dcp ringckpt save",
+            "dcp ringckpt save / device" if have_rdcp else "", "its rate / device"),
+        row(f"ringckpt async_save to committed, {world} ranks", "ringckpt save",
+            "ringckpt save / device", "its rate / device"),
+        row("DCP load, FileSystemReader", "dcp fs load"),
+        row("DCP load, ringckpt.dcp.StorageReader", "dcp ringckpt load",
+            "dcp fs load / dcp ringckpt load (time)" if have_rdcp else "",
+            "FileSystemReader's time / its"),
+        row("ringckpt Checkpointer.load (resharded in place)", "ringckpt load",
+            "dcp fs load / ringckpt load (time)", "FileSystemReader's time / its"),
+    ]
+    gates = [gate("ringckpt-save-vs-device", "ringckpt async_save (committed) >= 0.85 x device",
+                  ratios["ringckpt save / device"], 0.85,
+                  ratios["ringckpt save / device"] >= 0.85)]
+    rdcp = ratios.get("dcp ringckpt save / device", float("nan"))
+    gates.insert(0, gate("dcp-ringckpt-save-vs-device", "DCP save on ringckpt.dcp >= 0.8 x device"
+                         + ("" if have_rdcp else " (not run: no ringckpt.dcp)"), rdcp, 0.8,
+                         have_rdcp and rdcp >= 0.8))
+    return rows, gates, ratios
+
+
+def ranks_main(args, binary):
+    """--ranks N: see the section comment above. Returns the exit status."""
+    import torch.multiprocessing as mp
+    if importlib.util.find_spec("ringckpt") is None:  # fail here, not in N ranks
+        sys.exit("compare_torch.py: no ringckpt package on PYTHONPATH (build/python)")
+    machine = machine_facts(args.dir)
+    print(machine_line(machine))
+    root = tempfile.mkdtemp(prefix="ringckpt-compare-ranks-", dir=args.dir)
+    try:
+        shape_run = run_cpp_bench(binary, args.size, os.path.join(root, "shape"), keep=True)
+        bm = shape_run["machine"]
+        metadata = os.path.join(root, "shape-metadata.json")
+        shutil.copy(os.path.join(root, "shape", "bench-sync", "metadata.json"), metadata)
+        remove(os.path.join(root, "shape"))
+        extent = bm["extent_size"]
+        # A rank's share of the bench's ring (the model's size), a quarter more
+        # for the replicated tensors, in whole extents: the lazy saves stage at
+        # memory speed, as in the one-process mode.
+        share = bm["ring_bytes"] * 5 // (4 * args.ranks)
+        ring = max(4, -(-share // extent)) * extent
+        cfg = {"metadata": metadata, "seed": args.seed, "repeat": args.repeat,
+               "root": root, "binary": binary, "size_text": args.size,
+               "ring_bytes": ring, "extent_size": extent, "queue_depth": bm["queue_depth"],
+               "out": os.path.join(root, "result.json")}
+        print(f"{args.ranks} gloo ranks on this machine; --size {args.size}; ring "
+              f"{ring >> 20} MiB a Checkpointer (two a rank), extent {extent >> 20} MiB, queue "
+              f"depth {bm['queue_depth']}; {args.repeat} rounds")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        mp.spawn(rank_worker, args=(args.ranks, port, cfg), nprocs=args.ranks)
+        with open(cfg["out"]) as f:
+            result = json.load(f)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"state dict: {result['state_bytes'] / 2**30:.3f} GiB of tensors; page cache "
+          f"dropped by {result['page_cache']}")
+    rows, gates, ratios = summarize_ranks(result, args.repeat, args.ranks)
+    print()
+    print(markdown_table(["what", "median s", "GB/s", "ratio", "ratio is"], rows))
+    print()
+    print("GB/s: the model's tensor bytes over the time from the first rank's start to the "
+          "last rank's end; ratios are medians of per-round ratios.")
+    for g in gates:
+        print(gate_line(g))
+    dcp_line = (f"{ratios['dcp fs save / dcp ringckpt save (time)']:.2f}x the time of DCP on "
+                f"ringckpt.dcp and " if result["ringckpt_dcp"] else "")
+    load_line = (f"{ratios['dcp fs load / dcp ringckpt load (time)']:.2f}x the time of "
+                 f"ringckpt.dcp's reader and " if result["ringckpt_dcp"] else "")
+    print(f"reported: DCP's own writer takes {dcp_line}"
+          f"{ratios['dcp fs save / ringckpt save (time)']:.2f}x that of ringckpt's own save; "
+          f"FileSystemReader {load_line}{ratios['dcp fs load / ringckpt load (time)']:.2f}x "
+          "that of ringckpt's load")
+    found = result["found"]
+    for what, diff in found.items():
+        print(f"correct: {what}: "
+              f"{'equal to the source, bit for bit' if diff is None else 'FAILED: ' + diff}")
+    correct = all(v is None for v in found.values())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "args": vars(args), "page_cache": result["page_cache"],
+                       "state_bytes": result["state_bytes"], "samples": result["samples"],
+                       "ratios": ratios, "gates": gates,
+                       "correct": {k: v is None for k, v in found.items()}}, f, indent=1)
+    return 0 if correct and all(g["pass"] for g in gates) else 1
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="1GiB", help="model size, as ringckpt bench --size")
@@ -492,6 +802,9 @@ def main():
     ap.add_argument("--ringckpt", help="the ringckpt tool (default: build/tools/ringckpt)")
     ap.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--ranks", type=int, default=1,
+                    help="N > 1: the model split across N gloo ranks (DCP's writer, DCP on "
+                    "ringckpt.dcp, ringckpt over torch.distributed)")
     args = ap.parse_args()
     size = parse_size(args.size)
     if args.repeat < 1:
@@ -500,6 +813,10 @@ def main():
     binary = args.ringckpt or os.path.join(here, "..", "build", "tools", "ringckpt")
     if not os.access(binary, os.X_OK):
         ap.error(f"no ringckpt tool at {binary}; pass --ringckpt PATH")
+    if args.ranks < 1:
+        ap.error("--ranks must be at least 1")
+    if args.ranks > 1:
+        return ranks_main(args, binary)
 
     import ringckpt
     dcp, patched = import_dcp()

@@ -15,9 +15,11 @@ import importlib
 import importlib.util
 import sys
 import threading
+import warnings
 
 __all__ = ["import_dcp", "import_sharded_tensor", "dcp_write_result", "dcp_storage_meta",
-           "dcp_item_types", "sharded_tensor_class", "dtensor_class", "dtensor_part"]
+           "dcp_item_types", "dcp_nesting_paths", "dcp_load_no_dist", "sharded_tensor_class",
+           "dtensor_class", "dtensor_part"]
 
 _CURRENT_DCP = "torch.distributed.checkpoint"
 _LEGACY_DCP = "torch.distributed._shard.checkpoint"
@@ -125,3 +127,27 @@ def dtensor_part(value):
             value.shape, value.device_mesh, value.placements)
         return value.to_local(), tuple(offsets), tuple(value.shape)
     raise RuntimeError("ringckpt: a DTensor, but no torch module computes its placement")
+
+
+def dcp_nesting_paths(metadata):
+    """{fqn: key path} of a DCP checkpoint's Metadata: where each flattened
+    entry sat in the nested state dict (a str key is a dict's, an int a list
+    index). torch 2.x's default planner flattens nested dicts and records the
+    paths in planner_data; torch 1.13 does not flatten (planner_data is None):
+    then None, and every fqn is a top-level key."""
+    paths = getattr(metadata, "planner_data", None)
+    if not isinstance(paths, dict):
+        return None
+    if not all(isinstance(path, tuple) and path for path in paths.values()):
+        return None  # a custom planner's own data, not paths
+    return paths
+
+
+def dcp_load_no_dist(dcp, state_dict, storage_reader) -> None:
+    """DCP's load of `state_dict` from `storage_reader` in this process alone,
+    with no process group: 1.13's load_state_dict(no_dist=True); in 2.x the
+    same call still exists, deprecated (its warning is silenced here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        dcp.load_state_dict(state_dict, storage_reader, no_dist=True)
