@@ -24,11 +24,17 @@ source (torch.equal on every tensor) and that ringckpt.verify passes.
 
 --ranks N (N > 1) splits the same model across N gloo ranks on this machine
 (torch.multiprocessing): every tensor with at least N rows and 64 KiB is a
-row-sharded ShardedTensor, smaller ones are replicated. Each round, interleaved:
-the device baseline (`ringckpt bench --json --repeat 1` run by rank 0: one
-io_uring O_DIRECT writer of a model of the same size), DCP save_state_dict with
+row-sharded ShardedTensor, smaller ones are replicated. Each round, pair by
+pair, every writer next to a device run of its own (the device first in even
+rounds, second in odd ones; each run after a 1 s pause: os.sync, then sleep,
+since a virtual disk's host keeps writing back after fsync returns; the pairs
+take turns leading a round): the device is
+`mpirun -n N ringckpt bench --ranks N --json --repeat 1`'s device phase, N
+io_uring O_DIRECT writers of the same bytes, run by rank 0 while the others
+wait (where there is no mpirun, one writer, `ringckpt bench --json --repeat
+1`, and the table says so); the writers are DCP save_state_dict with
 FileSystemWriter (sync_files=True), DCP save_state_dict with
-ringckpt.dcp.StorageWriter (skipped where the package has no ringckpt.dcp),
+ringckpt.dcp.StorageWriter (skipped where the package has no ringckpt.dcp) and
 ringckpt's own Checkpointer(coordinator="auto").async_save timed to committed;
 then, page cache dropped before each, DCP load with FileSystemReader, with
 ringckpt.dcp.StorageReader and ringckpt's Checkpointer.load into the same
@@ -287,6 +293,26 @@ def run_cpp_bench(binary, size_text, directory, keep):
         sys.exit(f"compare_torch.py: {' '.join(cmd)} exited {proc.returncode}:\n"
                  + proc.stderr[-2000:])
     return json.loads(proc.stdout)
+
+
+def run_cpp_device(binary, size_text, directory, world):
+    """The device's write rate (GB/s) for a model of `size_text`: N io_uring
+    O_DIRECT writers of the same bytes (`ringckpt bench --ranks N` under
+    mpirun), or one writer where mpirun is missing; and how many writers."""
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        return run_cpp_bench(binary, size_text, directory, keep=False)["phases"]["device"][
+            "median"], 1
+    cmd = [mpirun, "--oversubscribe", "-n", str(world)]
+    if os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")
+    cmd += [binary, "bench", "--ranks", str(world), "--json", "--size", size_text,
+            "--repeat", "1", "--dir", directory]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"compare_torch.py: {' '.join(cmd)} exited {proc.returncode}:\n"
+                 + proc.stderr[-2000:])
+    return json.loads(proc.stdout)["phases"]["device"]["median"], world
 
 
 class Timer:
@@ -577,6 +603,7 @@ def rank_worker(rank, world, port, cfg):
     source, target, state_bytes = sharded_states(cfg["metadata"], cfg["seed"], rank, world, st)
     cache = PageCache() if rank == 0 else None
     samples = {k: [] for k in RANK_SAMPLES}
+    samples.update({"device for " + k: [] for k in RANK_SAMPLES})
     found = {}
     io = dict(ring_bytes=cfg["ring_bytes"], extent_size=cfg["extent_size"],
               queue_depth=cfg["queue_depth"], staging_threads=2, direct_io=True)
@@ -587,6 +614,16 @@ def rank_worker(rank, world, port, cfg):
         action()
         dist.barrier()
         return time.perf_counter() - start
+
+    def settle():
+        """Lets the disk finish what the previous phase left (the host's
+        writeback of a virtual disk goes on after fsync returns): every
+        write phase starts from the same quiet state."""
+        dist.barrier()
+        if rank == 0:
+            os.sync()
+            time.sleep(SETTLE_SECONDS)
+        dist.barrier()
 
     def drop(path):
         dist.barrier()
@@ -618,10 +655,20 @@ def rank_worker(rank, world, port, cfg):
                                                         "ringckpt")}
             if rank == 0:
                 os.makedirs(where)
-                cpp = run_cpp_bench(cfg["binary"], cfg["size_text"], path["cpp"], keep=False)
-                samples["device"].append(cpp["phases"]["device"]["median"])
-                remove(path["cpp"])
             dist.barrier()
+
+            def device(paired_with):
+                """The device's N-writer rate, just before `paired_with` runs."""
+                dist.barrier()
+                if rank == 0:
+                    rate, writers = run_cpp_device(cfg["binary"], cfg["size_text"],
+                                                   path["cpp"], world)
+                    samples["device"].append(rate)
+                    samples["device for " + paired_with].append(rate)
+                    samples["device writers"] = writers
+                    remove(path["cpp"])
+                dist.barrier()
+
             saves = [("dcp fs save", lambda: dcp_fs_save(path["dcp-fs"]))]
             if ringckpt_dcp is not None:
                 saves.append(("dcp ringckpt save", lambda: dcp.save_state_dict(
@@ -629,8 +676,21 @@ def rank_worker(rank, world, port, cfg):
                                                        checkpointer=ck_local))))
             saves.append(("ringckpt save", lambda: ck.async_save(
                 source, path["ringckpt"]).committed.result(timeout=RANK_LIMIT.total_seconds())))
-            for key, action in saves:
+            # Pair by pair: each writer next to a device run of its own, each
+            # after a pause; the pairs take turns leading a round, so a disk
+            # that slows after sustained writes favours none of them.
+            # Within a pair the device goes first in even rounds and second in
+            # odd ones: whatever one run leaves the disk to do falls on both.
+            turn = r % len(saves)
+            for key, action in saves[turn:] + saves[:turn]:
+                if r % 2 == 0:
+                    settle()
+                    device(key)
+                settle()
                 samples[key].append(timed(action))
+                if r % 2 == 1:
+                    settle()
+                    device(key)
             loads = [("dcp fs load", "dcp-fs", lambda: dcp.load_state_dict(
                 target, dcp.FileSystemReader(path["dcp-fs"])))]
             if ringckpt_dcp is not None:
@@ -661,6 +721,8 @@ def rank_worker(rank, world, port, cfg):
     dist.destroy_process_group()
 
 
+SETTLE_SECONDS = 1.0  # a pause before each write phase of --ranks
+
 RANK_SAMPLES = ("device", "dcp fs save", "dcp ringckpt save", "ringckpt save", "dcp fs load",
                 "dcp ringckpt load", "ringckpt load")
 
@@ -668,7 +730,8 @@ RANK_SAMPLES = ("device", "dcp fs save", "dcp ringckpt save", "ringckpt save", "
 def summarize_ranks(result, repeat, world):
     """Table rows, gates and ratios of a --ranks run. Save and load rates count
     the model's tensor bytes; the device row is `ringckpt bench`'s raw
-    io_uring O_DIRECT write rate of a model of the same size (one writer)."""
+    io_uring O_DIRECT write rate of a model of the same size (N writers where
+    mpirun is there)."""
     s, nbytes = result["samples"], result["state_bytes"]
     have_rdcp = result["ringckpt_dcp"]
 
@@ -676,7 +739,7 @@ def summarize_ranks(result, repeat, world):
         return median([f(i) for i in range(repeat)])
 
     def vs_device(key):
-        return per_round(lambda i: nbytes / s[key][i] / 1e9 / s["device"][i])
+        return per_round(lambda i: nbytes / s[key][i] / 1e9 / s["device for " + key][i])
 
     def dcp_time_over(key, dcp_key):
         return per_round(lambda i: s[dcp_key][i] / s[key][i])
@@ -702,7 +765,8 @@ def summarize_ranks(result, repeat, world):
 
     device = median(s["device"])
     rows = [
-        ["device write, io_uring O_DIRECT (ringckpt bench, 1 writer)",
+        [f"device write, io_uring O_DIRECT (ringckpt bench, {s['device writers']} "
+         f"writer{'s' if s['device writers'] > 1 else ''})",
          f"{nbytes / device / 1e9:.3f}", f"{device:.2f}", "", ""],
         row(f"DCP save, FileSystemWriter (sync_files), {world} ranks", "dcp fs save",
             "dcp fs save / device", "its rate / device"),
