@@ -222,6 +222,16 @@ def gate(name, rule, value, limit, passed):
     return {"name": name, "rule": rule, "value": value, "limit": limit, "pass": bool(passed)}
 
 
+def print_report(rows, gates, note):
+    """The table, what its figures count, and the gates."""
+    print()
+    print(markdown_table(["what", "median s", "GB/s", "ratio", "ratio is"], rows))
+    print()
+    print(note)
+    for g in gates:
+        print(gate_line(g))
+
+
 def gate_line(g):
     return f"{'PASS' if g['pass'] else 'FAIL'}  {g['rule']}  ({g['value']:.3f} vs {g['limit']:.3g})"
 
@@ -829,13 +839,9 @@ def ranks_main(args, binary):
     print(f"state dict: {result['state_bytes'] / 2**30:.3f} GiB of tensors; page cache "
           f"dropped by {result['page_cache']}")
     rows, gates, ratios = summarize_ranks(result, args.repeat, args.ranks)
-    print()
-    print(markdown_table(["what", "median s", "GB/s", "ratio", "ratio is"], rows))
-    print()
-    print("GB/s: the model's tensor bytes over the time from the first rank's start to the "
-          "last rank's end; ratios are medians of per-round ratios.")
-    for g in gates:
-        print(gate_line(g))
+    print_report(rows, gates, "GB/s: the model's tensor bytes over the time from the first "
+                 "rank's start to the last rank's end; ratios to the device are medians of "
+                 "per-pair ratios, the others medians of per-round ratios.")
     dcp_line = (f"{ratios['dcp fs save / dcp ringckpt save (time)']:.2f}x the time of DCP on "
                 f"ringckpt.dcp and " if result["ringckpt_dcp"] else "")
     load_line = (f"{ratios['dcp fs load / dcp ringckpt load (time)']:.2f}x the time of "
@@ -932,13 +938,9 @@ def main():
         shutil.rmtree(root, ignore_errors=True)
 
     rows, gates, ratios = summarize(ctx, args.repeat)
-    print()
-    print(markdown_table(["what", "median s", "GB/s", "ratio", "ratio is"], rows))
-    print()
-    print("GB/s: ringckpt rows count its data files' bytes (as ringckpt bench does), torch and "
-          "DCP rows the tensors' bytes; ratios are medians of per-round ratios.")
-    for g in gates:
-        print(gate_line(g))
+    print_report(rows, gates, "GB/s: ringckpt rows count its data files' bytes (as ringckpt "
+                 "bench does), torch and DCP rows the tensors' bytes; ratios are medians of "
+                 "per-round ratios.")
     print(f"reported: torch.save+fsync takes {ratios['torch.save / py sync (time)']:.2f}x, DCP "
           f"save {ratios['dcp save / py sync (time)']:.2f}x the Python sync save's time; "
           f"torch.load {ratios['torch.load / py in place (time)']:.2f}x, DCP load "

@@ -184,15 +184,7 @@ class LoadTarget:
                                                 shard.global_shape)
             elif isinstance(leaf, torch.Tensor):
                 dtype = _checked_tensor(fqn, leaf)
-                self._destinations.append(leaf)
-                if not leaf.is_contiguous():
-                    if torch._debug_has_internal_overlap(leaf) == 1:
-                        raise Error("invalid_argument", fqn, "is a view whose elements overlap "
-                                    "(an expanded tensor): a load cannot fill it")
-                    _note_extra_copy(fqn, "loading into")
-                    stand_in = torch.empty(leaf.shape, dtype=leaf.dtype)
-                    self._copy_back.append((leaf, stand_in))
-                    leaf = stand_in
+                leaf = self._destination(fqn, leaf)
                 views.append((source, leaf.data_ptr(), dtype, tuple(leaf.shape)))
             else:
                 self.value_items.add_bytes(source, b"")
