@@ -51,7 +51,7 @@ def _note_extra_copy(fqn: str, doing: str) -> None:
     if not _noted_copy.is_set():
         _noted_copy.set()
         warnings.warn(f"ringckpt: {fqn} is not contiguous: {doing} it costs an extra copy "
-                      "(noted once)", RuntimeWarning, stacklevel=4)
+                      "(noted once)", RuntimeWarning, stacklevel=5)
 
 
 def _checked_tensor(fqn: str, tensor: torch.Tensor) -> str:
@@ -88,26 +88,27 @@ class SaveItems:
             shards = local_shards(leaf)  # before the tensor test: a ShardedTensor is one
             if shards is not None:
                 for shard in shards:
-                    local = shard.local
-                    dtype = _checked_tensor(fqn, local)
-                    if not local.is_contiguous():
-                        _note_extra_copy(fqn, "saving")
-                        local = local.contiguous()
-                    self.sources.append(local)
+                    local, dtype = self._source(fqn, shard.local)
                     self.items.add_shard(fqn, local.data_ptr(), dtype, tuple(local.shape),
                                          shard.offsets, shard.global_shape)
             elif isinstance(leaf, torch.Tensor):
-                dtype = _checked_tensor(fqn, leaf)
-                if not leaf.is_contiguous():
-                    _note_extra_copy(fqn, "saving")
-                    leaf = leaf.contiguous()
-                self.sources.append(leaf)
+                leaf, dtype = self._source(fqn, leaf)
                 views.append((fqn, leaf.data_ptr(), dtype, tuple(leaf.shape)))
             else:
                 self.items.add_bytes(fqn, values.encode(leaf, key=fqn,
                                                         allow_pickle=allow_pickle))
         self.items.add_tensors(views)
         self.items.add_bytes(STRUCTURE_KEY, _structure_bytes(structure))
+
+    def _source(self, fqn, tensor):
+        """(what ringckpt reads for `tensor`: itself or a contiguous copy, kept
+        in `sources`; its ringckpt dtype name)."""
+        dtype = _checked_tensor(fqn, tensor)
+        if not tensor.is_contiguous():
+            _note_extra_copy(fqn, "saving")
+            tensor = tensor.contiguous()
+        self.sources.append(tensor)
+        return tensor, dtype
 
 
 # The last structure map encoded and its bytes: a training loop saves the same
