@@ -29,8 +29,8 @@ pair, every writer next to a device run of its own (the device first in even
 rounds, second in odd ones; each run after a 1 s pause: os.sync, then sleep,
 since a virtual disk's host keeps writing back after fsync returns; the pairs
 take turns leading a round): the device is
-`mpirun -n N ringckpt bench --ranks N --json --repeat 1`'s device phase, N
-io_uring O_DIRECT writers of the same bytes, run by rank 0 while the others
+`mpirun -n N ringckpt bench --ranks N --device-only --json --repeat 1`, N
+io_uring O_DIRECT writers of the same bytes and nothing else, run by rank 0 while the others
 wait (where there is no mpirun, one writer, `ringckpt bench --json --repeat
 1`, and the table says so); the writers are DCP save_state_dict with
 FileSystemWriter (sync_files=True), DCP save_state_dict with
@@ -68,15 +68,6 @@ import torch
 
 # --------------------------------------------------------------------------
 # Shared with train_torch.py (which imports them from here).
-
-
-def import_dcp():
-    """(DCP, notes): torch's DCP through ringckpt._compat.import_dcp (the
-    project's one work-around for torch 1.13 on Python 3.11, pytorch PR 91795),
-    and an empty list where the old private work-around listed the fields it
-    patched (train_torch.py still unpacks the pair)."""
-    from ringckpt._compat import import_dcp as compat_import_dcp
-    return compat_import_dcp(), []
 
 
 def flat_for_dcp(state, prefix=""):
@@ -316,8 +307,8 @@ def run_cpp_device(binary, size_text, directory, world):
     cmd = [mpirun, "--oversubscribe", "-n", str(world)]
     if os.geteuid() == 0:
         cmd.append("--allow-run-as-root")
-    cmd += [binary, "bench", "--ranks", str(world), "--json", "--size", size_text,
-            "--repeat", "1", "--dir", directory]
+    cmd += [binary, "bench", "--ranks", str(world), "--device-only", "--json",
+            "--size", size_text, "--repeat", "1", "--dir", directory]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         sys.exit(f"compare_torch.py: {' '.join(cmd)} exited {proc.returncode}:\n"
@@ -889,12 +880,10 @@ def main():
         return ranks_main(args, binary)
 
     import ringckpt
-    dcp, patched = import_dcp()
+    from ringckpt._compat import import_dcp  # the one work-around for torch 1.13 on 3.11
+    dcp = import_dcp()
     machine = machine_facts(args.dir)
     print(machine_line(machine))
-    if patched:
-        print(f"note: DCP imported with default_factory for {', '.join(patched)} "
-              "(Python 3.11 vs torch 1.13; pytorch PR 91795)")
     root = tempfile.mkdtemp(prefix="ringckpt-compare-", dir=args.dir)
     try:
         # The shape: the checkpoint a one-round C++ bench keeps.
@@ -952,7 +941,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "args": vars(args), "page_cache": cache.method,
-                       "dcp_patched_fields": patched, "state_bytes": state_bytes,
+                       "state_bytes": state_bytes,
                        "file_bytes": ctx["file_bytes"], "samples": ctx["samples"],
                        "ratios": ratios, "gates": gates,
                        "correct": {k: v is None for k, v in found.items()}}, f, indent=1)

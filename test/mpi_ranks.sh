@@ -51,6 +51,15 @@ if [ -n "$tool" ]; then
   [ "$(printf '%s\n' "$out" | grep -c '"phases"')" -eq 1 ] || fail "bench --ranks 2 printed not one document: $out"
   printf '%s' "$out" | grep -q '"ringckpt-sync"' || fail "bench --ranks 2 has no ringckpt-sync phase"
   printf '%s' "$out" | grep -q '"ok":true' || fail "bench --ranks 2 did not verify: $out"
+  # --device-only: the device phase alone, no checkpoint left or loaded.
+  echo "$me: ringckpt bench --ranks 2 --device-only"
+  out=$(timeout 120 "$mpirun" -n 2 --oversubscribe --allow-run-as-root --mca btl self,vader \
+    "$tool" bench --ranks 2 --device-only --size 16MiB --repeat 2 --json --dir "$dir/device" \
+    2>/dev/null) || fail "bench --ranks 2 --device-only exited non-zero"
+  printf '%s' "$out" | grep -q '"device":{' || fail "bench --device-only has no device phase: $out"
+  printf '%s' "$out" | grep -q '"ringckpt-sync"' && fail "bench --device-only saved: $out"
+  printf '%s' "$out" | grep -q '"load_matches":null' || fail "bench --device-only claims a load: $out"
+  [ -z "$(ls -A "$dir/device" 2>/dev/null)" ] || fail "bench --device-only left files: $(ls -R "$dir/device")"
   timeout 120 "$mpirun" -n 2 --oversubscribe --allow-run-as-root --mca btl self,vader \
     "$tool" bench --ranks 3 --size 16MiB --repeat 1 --dir "$dir/bench3" >/dev/null 2>&1
   [ $? -eq 2 ] || fail "bench --ranks 3 under mpirun -n 2 was not refused"

@@ -104,6 +104,7 @@ BOOST_AUTO_TEST_CASE(bad_options_are_refused_in_one_line) {
   expect_usage_error("bench --entries 5", "--plan-ranks");
   expect_usage_error("bench --plan-ranks 0", "--plan-ranks");
   expect_usage_error("bench --train 5 --ranks 2", "pick one");
+  expect_usage_error("bench --device-only", "--ranks");
   expect_usage_error("bench --plan-ranks 4 --ranks 2", "pick one");
 }
 

@@ -43,6 +43,9 @@ po::options_description bench_options() {
       ("ranks", po::value<std::string>(),
        "N: run under `mpirun -n N`; every rank saves its shard of one model into one "
        "checkpoint, against N writers of the same bytes")
+      ("device-only",
+       "--ranks: only the device phase, N writers of the model's bytes, --repeat times (a "
+       "baseline for other programs' saves, e.g. bench/compare_torch.py)")
       ("plan-ranks", po::value<std::string>(),
        "R: planning only, R ranks as threads: the coordinator's global plan, cold and "
        "cached, and a resharding plan")
@@ -143,6 +146,9 @@ std::optional<BenchOptions> parse_options(const std::vector<std::string>& args) 
   if (runs > 1) throw UsageError("--train, --ranks and --plan-ranks are separate runs: pick one");
   if (vm.count("ranks")) {
     o.ranks = static_cast<unsigned>(parse_count("ranks", vm["ranks"].as<std::string>(), 1, 65536));
+    o.device_only = vm.count("device-only") > 0;
+  } else if (vm.count("device-only")) {
+    throw UsageError("--device-only only applies with --ranks N");
   }
   if (vm.count("plan-ranks")) {
     o.plan_ranks =

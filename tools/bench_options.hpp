@@ -36,6 +36,7 @@ struct BenchOptions {
   std::uint64_t every = 10;
   // --ranks (under mpirun; 0: not this run)
   unsigned ranks = 0;
+  bool device_only = false;  // --device-only: the N writers alone (a baseline for other tools)
   // --plan-ranks (0: not this run)
   unsigned plan_ranks = 0;
   unsigned entries = 1000;

@@ -12,6 +12,8 @@
 //                  then to committed on every rank
 // then a load of the last checkpoint by the same ranks, each checking its
 // shard. Rank 0 prints the report (text, or --json shaped like the main run).
+// With --device-only, the device phase alone: a baseline for another
+// program's N-rank save (bench/compare_torch.py --ranks N).
 #include <algorithm>
 #include <cstring>
 #include <exception>
@@ -160,6 +162,52 @@ StateDict blank_twin(const StateDict& sd, std::vector<std::vector<std::byte>>& s
   return out;
 }
 
+// The device phase's figure, and one run of it: each rank writes `share`
+// bytes to its own file in `dir`, then removes it. Returns GB/s of
+// `all_bytes`, barrier to barrier.
+void add_device_figure(Figures& figs, int n) {
+  figs.add("device", std::to_string(n) + " writers (io_uring O_DIRECT)", Unit::gbps);
+}
+
+double device_run(RawDevice& device, const fs::path& dir, int rank, std::uint64_t share,
+                  std::uint64_t all_bytes) {
+  const fs::path raw = dir / ("rank-" + std::to_string(rank) + ".bin");
+  const double s = timed_together([&] { device.write(raw, share); });
+  remove_quietly(raw);
+  return s > 0 ? static_cast<double>(all_bytes) / s / 1e9 : 0.0;
+}
+
+// --device-only: the N writers of the model's bytes (split evenly), --repeat
+// times; no checkpoint is written or loaded.
+int run_device_only(const BenchOptions& o, const fs::path& dir, const SyntheticModel& model,
+                    int rank, int n) {
+  IoNotes notes;
+  const std::uint64_t share =
+      detail::round_up(model.bytes / static_cast<std::uint64_t>(n) + 1, 4096);
+  const std::uint64_t all_bytes = share * static_cast<std::uint64_t>(n);
+  RawDevice device(o.extent_size, o.queue_depth, share, notes);
+  MainBenchResult r;
+  r.machine = machine_of(dir, o, model, all_bytes, 0);
+  r.load_checked = false;
+  add_device_figure(r.figures, n);
+  for (unsigned run = 0; run < o.repeat; ++run) {
+    r.figures["device"].samples.push_back(
+        device_run(device, dir / "bench-device", rank, share, all_bytes));
+  }
+  r.machine.device_direct = device.last_direct();
+  r.machine.device_registered = device.registered();
+  if (rank == 0) {
+    r.machine.notes = notes.all();
+    r.machine.notes.push_back(std::to_string(n) + " ranks; --device-only: " +
+                              format_bytes(share) + " a writer");
+    r.figures.compute_ratios();
+    print_main_report(r, o);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) remove_quietly(dir / "bench-device");
+  return 0;
+}
+
 // The run on every rank. REQUIRES: MPI initialized, n == o.ranks.
 int run_ranks(const BenchOptions& o, MpiCoordinator& world) {
   const int rank = world.rank(), n = world.world_size();
@@ -189,6 +237,7 @@ int run_ranks(const BenchOptions& o, MpiCoordinator& world) {
 
   IoNotes notes;
   SyntheticModel model = bench_model(o);
+  if (o.device_only) return run_device_only(o, dir, model, rank, n);
   StateDict mine = shard_of(model, rank, n);
 
   CheckpointerOptions co;
@@ -213,7 +262,7 @@ int run_ranks(const BenchOptions& o, MpiCoordinator& world) {
   m = machine_of(dir, o, model, all_bytes, co.io.ring_bytes);
   Figures& figs = r.figures;
   figs.all().reserve(8);
-  figs.add("device", std::to_string(n) + " writers (io_uring O_DIRECT)", Unit::gbps);
+  add_device_figure(figs, n);
   figs.add("ringckpt-sync", "ringckpt-sync save, " + std::to_string(n) + " ranks", Unit::gbps,
            "device", "device");
   figs.add("lazy-blocked", "lazy: blocked (slowest rank)", Unit::ms);
@@ -222,10 +271,8 @@ int run_ranks(const BenchOptions& o, MpiCoordinator& world) {
 
   for (unsigned run = 0; run < o.repeat; ++run) {
     const bool last = run + 1 == o.repeat;
-    const fs::path raw = dir / "bench-device" / ("rank-" + std::to_string(rank) + ".bin");
-    figs["device"].samples.push_back(gbps(timed_together([&] { device.write(raw, share); })));
+    figs["device"].samples.push_back(device_run(device, dir / "bench-device", rank, share, all_bytes));
     m.device_direct = device.last_direct();
-    remove_quietly(raw);
     figs["ringckpt-sync"].samples.push_back(
         gbps(timed_together([&] { ck.save(mine, dir / "bench-sync"); })));
     double blocked = 0;

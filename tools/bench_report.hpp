@@ -54,6 +54,7 @@ struct MainBenchResult {
   Figures figures;  // ratios computed
   std::vector<Target> targets;
   std::vector<Verified> verified;
+  bool load_checked = true;  // false where the run loads nothing (--device-only)
   bool load_matches = true;
   std::string load_difference;  // the first entry that differed, if !load_matches
   bool ok = true;               // every checkpoint verified and the load matched
