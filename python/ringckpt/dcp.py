@@ -167,9 +167,14 @@ class StorageWriter(_Storage, _dcp.StorageWriter):
                         "directory: prepare_global_plan of ringckpt.dcp.StorageWriter did "
                         "not make it")
         batch = _WriteBatch(plan.items)
-        results = [batch.add(item, planner, rank_dir) for item in plan.items]
+        write_result = _compat.dcp_write_result()
+        results = []
+        for item in plan.items:
+            entry, size = batch.add(item, planner)
+            results.append(write_result(index=item.index, size_in_bytes=size,
+                                        storage_data=(rank_dir, entry)))
         if results:  # a rank with nothing to write leaves no directory
-            self._save(batch.items, os.path.join(self.path, rank_dir))
+            self._save(batch.finished(), os.path.join(self.path, rank_dir))
         return _completed(results)
 
     def finish(self, metadata, results) -> None:
@@ -193,6 +198,7 @@ class _WriteBatch:
     def __init__(self, write_items):
         self.items = _core.StateItems()
         self.sources = []
+        self._tensors = []  # (entry, data_ptr, dtype, shape), added in one call
         self._used = {item.index.fqn for item in write_items}
         self._given = set()
 
@@ -207,7 +213,9 @@ class _WriteBatch:
         self._used.add(name)
         return name
 
-    def add(self, item, planner, rank_dir: str):
+    def add(self, item, planner):
+        """Adds `item` (its data resolved by `planner`); returns its entry's
+        name and its size in bytes."""
         fqn = item.index.fqn
         entry = self._entry(fqn)
         data = planner.resolve_data(item)
@@ -227,10 +235,16 @@ class _WriteBatch:
                 raise Error("mismatch", fqn, f"the planner resolved a tensor of shape "
                             f"{tuple(tensor.shape)} for a chunk of shape {sizes}")
             self.sources.append(tensor)
-            self.items.add_tensors([(entry, tensor.data_ptr(), dtype, sizes)])
+            self._tensors.append((entry, tensor.data_ptr(), dtype, sizes))
             size = tensor.numel() * tensor.element_size()
-        return _compat.dcp_write_result()(index=item.index, size_in_bytes=size,
-                                          storage_data=(rank_dir, entry))
+        return entry, size
+
+    def finished(self):
+        """The StateItems, every item added."""
+        if self._tensors:
+            self.items.add_tensors(self._tensors)
+            self._tensors = []
+        return self.items
 
 
 def _commit_metadata(path: str, data: bytes) -> None:
