@@ -196,7 +196,7 @@ BOOST_AUTO_TEST_CASE(cancel_after_commit_changes_nothing) {
   h.committed.get();
   h.cancel();
   BOOST_CHECK_NO_THROW(h.committed.get());
-  BOOST_TEST(verify(root / "c").ok());
+  BOOST_TEST(verify(root / "c", small_io()).ok());
 }
 
 // A cancel issued while a queued save is being handed the ring (the one ahead
@@ -250,7 +250,7 @@ BOOST_AUTO_TEST_CASE(destroying_the_checkpointer_with_saves_in_flight) {
   BOOST_TEST_REQUIRE(ready(running.staged));
   try {
     running.committed.get();
-    BOOST_TEST(verify(root / "running").ok());  // it finished first: then it is whole
+    BOOST_TEST(verify(root / "running", small_io()).ok());  // it finished first: then it is whole
   } catch (const Error& e) {
     BOOST_TEST((e.code() == ErrorCode::kCancelled), e.what());
     BOOST_TEST(checkpoint_files(root / "running").empty());
@@ -299,7 +299,7 @@ BOOST_AUTO_TEST_CASE(data_file_cannot_be_created) {
   }
   // The checkpointer still saves.
   ckpt.async_save(m->sd(), root / "fine").committed.get();
-  BOOST_TEST(verify(root / "fine").ok());
+  BOOST_TEST(verify(root / "fine", small_io()).ok());
 }
 
 BOOST_AUTO_TEST_CASE(checkpoint_directory_cannot_be_created) {
