@@ -314,7 +314,7 @@ BOOST_AUTO_TEST_CASE(a_deferred_token_defers_the_save, *boost::unit_test::timeou
   std::future<void> f = std::move(op)(asio::use_future);
   if (!ready_within(f, 30s)) BOOST_FAIL("the deferred save never completed");
   BOOST_CHECK_NO_THROW(f.get());
-  BOOST_TEST(verify(dir).ok());
+  BOOST_TEST(verify(dir, small_io()).ok());
   BOOST_TEST((load_contents(ckpt, *m, dir) == m->contents()));
 }
 

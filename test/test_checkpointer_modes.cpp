@@ -57,7 +57,7 @@ BOOST_AUTO_TEST_CASE(values_mutated_after_staged_are_saved_old) {
       m->scribble(12345);  // the training step mutates its tensors at once
       BOOST_TEST_REQUIRE((m->contents() != old));
       h.committed.get();
-      BOOST_TEST(verify(dir).ok());
+      BOOST_TEST(verify(dir, small_io()).ok());
       BOOST_TEST((load_contents(ckpt, *m, dir) == old));
     }
   }
@@ -89,7 +89,7 @@ BOOST_AUTO_TEST_CASE(larger_than_ring_bounded_is_byte_exact) {
   BOOST_TEST_REQUIRE(m->nbytes() > 8 * ckpt.options().io.ring_bytes - 16 * KiB);
   const auto old = m->contents();
   ckpt.async_save(m->sd(), root / "big").committed.get();
-  const VerifyReport v = verify(root / "big");
+  const VerifyReport v = verify(root / "big", small_io());
   BOOST_TEST(v.ok());
   BOOST_TEST(v.extents > 100u);  // 64 KiB extents
   BOOST_TEST((load_contents(ckpt, *m, root / "big") == old));
@@ -176,7 +176,7 @@ BOOST_AUTO_TEST_CASE(concurrent_saves_from_four_threads) {
   for (int t = 0; t < kThreads; ++t) {
     for (int s = 0; s < kSaves; ++s) {
       const fs::path dir = root / ("t" + std::to_string(t) + "-s" + std::to_string(s));
-      if (!verify(dir).ok()) fail(dir.string() + " does not verify");
+      if (!verify(dir, small_io()).ok()) fail(dir.string() + " does not verify");
     }
   }
   for (const auto& f : failures) BOOST_ERROR(f);
@@ -219,7 +219,7 @@ BOOST_AUTO_TEST_CASE(empty_and_blob_only_state_dicts) {
       ckpt.async_save(none, empty, with_mode(mode)).committed.get();
       StateDict none_back;
       ckpt.load(none_back, empty);
-      BOOST_TEST(verify(empty).ok());
+      BOOST_TEST(verify(empty, small_io()).ok());
 
       const fs::path blob = root / ("blob-" + std::string(mode_name(mode)));
       StateDict b;
@@ -309,7 +309,7 @@ BOOST_AUTO_TEST_CASE(planner_in_options_resolves_on_staging_threads) {
   const Metadata md = read_metadata(root / "c");
   const auto& tm = std::get<TensorStorageMetadata>(md.state_dict_metadata.at("w"));
   BOOST_TEST((tm.properties.dtype == DType::BF16));
-  BOOST_TEST(verify(root / "c").ok());
+  BOOST_TEST(verify(root / "c", small_io()).ok());
 
   // Load w as BF16: every element is the truncation of the old F32 value.
   Model into({{"w", DType::BF16, {n}}, {"b", DType::BF16, {777}}}, 0, 99);

@@ -77,10 +77,10 @@ void check(const Reentry& r, const fs::path& root, const std::string& tag) {
   BOOST_TEST(r.failure.empty(), r.failure);
   BOOST_TEST_REQUIRE(ready_within(r.nested.committed, 60s), tag << ": nested save hung");
   BOOST_CHECK_NO_THROW(r.nested.committed.get());
-  BOOST_TEST(verify(root / (tag + "-sync")).ok());
-  BOOST_TEST(verify(root / (tag + "-async")).ok());
-  BOOST_TEST(verify(root / (tag + "-token")).ok());
-  BOOST_TEST(verify(root / (tag + "-done")).ok());
+  BOOST_TEST(verify(root / (tag + "-sync"), small_io()).ok());
+  BOOST_TEST(verify(root / (tag + "-async"), small_io()).ok());
+  BOOST_TEST(verify(root / (tag + "-token"), small_io()).ok());
+  BOOST_TEST(verify(root / (tag + "-done"), small_io()).ok());
   BOOST_TEST_REQUIRE(ready_within(r.cancelled.committed, 60s), tag << ": cancelled save hung");
   try {
     r.cancelled.committed.get();
@@ -182,7 +182,7 @@ BOOST_AUTO_TEST_CASE(a_staged_handler_cancels_its_own_save, *boost::unit_test::t
   BOOST_TEST_REQUIRE(ready_within(h.committed, 60s), "the cancelled save hung");
   try {
     h.committed.get();
-    BOOST_TEST(verify(root / "c").ok());  // it had committed already: whole
+    BOOST_TEST(verify(root / "c", small_io()).ok());  // it had committed already: whole
   } catch (const Error& e) {
     BOOST_TEST((e.code() == ErrorCode::kCancelled), e.what());
     BOOST_TEST(checkpoint_files(root / "c").empty());
@@ -271,7 +271,7 @@ BOOST_AUTO_TEST_CASE(resolve_data_throws, *boost::unit_test::timeout(120)) {
     }
   }
   ckpt.async_save(m->sd(), root / "fine").committed.get();  // unharmed
-  BOOST_TEST(verify(root / "fine").ok());
+  BOOST_TEST(verify(root / "fine", small_io()).ok());
 }
 
 BOOST_AUTO_TEST_CASE(planning_throws, *boost::unit_test::timeout(120)) {
@@ -319,7 +319,7 @@ BOOST_AUTO_TEST_CASE(commit_fails_because_the_directory_vanished,
   BOOST_TEST(std::string(e->what()).find("vanishing") != std::string::npos, e->what());
   BOOST_TEST(!fs::exists(dir / "metadata.json"));
   ckpt.async_save(m->sd(), root / "fine").committed.get();  // unharmed
-  BOOST_TEST(verify(root / "fine").ok());
+  BOOST_TEST(verify(root / "fine", small_io()).ok());
 }
 
 // A fault injected into an io_uring completion (a write's, then a read's)
@@ -340,7 +340,7 @@ BOOST_AUTO_TEST_CASE(a_fault_in_an_io_completion, *boost::unit_test::timeout(120
   BOOST_TEST(checkpoint_files(root / "faulty").empty());
 
   ckpt.async_save(m->sd(), root / "fine").committed.get();
-  BOOST_TEST(verify(root / "fine").ok());
+  BOOST_TEST(verify(root / "fine", small_io()).ok());
   auto into = m->blank();
   detail::inject_io_completion_fault(2);
   auto le = error_of([&] { ckpt.load(into->sd(), root / "fine"); });

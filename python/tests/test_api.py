@@ -3,6 +3,7 @@ the Checkpointer's async_save and load, verify and inspect."""
 
 import asyncio
 import collections
+import functools
 import gc
 import os
 import subprocess
@@ -13,6 +14,12 @@ import pytest
 import torch
 
 import ringckpt
+
+# The I/O settings of the module-level calls: a small staging ring, because the
+# default one (256 MiB, pre-faulted on every call) costs about a second a call
+# here and these tests save kilobytes. test_transformer_and_adam_round_trip_as_new_tensors
+# keeps the defaults.
+IO = {"ring_bytes": 4 << 20, "extent_size": 1 << 20}
 
 TEN_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,
               torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool]
@@ -100,11 +107,11 @@ def test_transformer_and_adam_round_trip_as_new_tensors(tmp_path):
 def test_every_dtype_round_trips(tmp_path, dtype):
     source = (torch.randn(7, 5) * 100).to(dtype)
     zero_d = torch.tensor(3).to(dtype)
-    ringckpt.save({"t": source, "scalar": zero_d}, tmp_path / "ckpt")
+    ringckpt.save({"t": source, "scalar": zero_d}, tmp_path / "ckpt", **IO)
     target = {"t": torch.zeros(7, 5, dtype=dtype), "scalar": torch.zeros((), dtype=dtype)}
-    ringckpt.load(target, tmp_path / "ckpt")
+    ringckpt.load(target, tmp_path / "ckpt", **IO)
     assert torch.equal(target["t"], source) and torch.equal(target["scalar"], zero_d)
-    assert_same(ringckpt.load_state_dict(tmp_path / "ckpt"), {"t": source, "scalar": zero_d})
+    assert_same(ringckpt.load_state_dict(tmp_path / "ckpt", **IO), {"t": source, "scalar": zero_d})
 
 
 def test_non_contiguous_and_0d_sources_and_destinations(checkpointer, tmp_path):
@@ -122,7 +129,7 @@ def test_non_contiguous_and_0d_sources_and_destinations(checkpointer, tmp_path):
     for key in state:
         assert torch.equal(dest[key], state[key]), key
     assert torch.equal(dest_base, base)  # written through the view
-    assert_same(ringckpt.load_state_dict(tmp_path / "ckpt"),
+    assert_same(ringckpt.load_state_dict(tmp_path / "ckpt", **IO),
                 {k: v.contiguous() for k, v in state.items()})
 
 
@@ -135,7 +142,7 @@ def test_state_dict_dropped_right_after_async_save(checkpointer, tmp_path):
     scribble = [torch.full((256, 1024), -1.0) for _ in range(16)]  # reuses freed memory
     h.committed.result(timeout=60)
     del scribble
-    assert_same(ringckpt.load_state_dict(tmp_path / "ckpt"), expected)
+    assert_same(ringckpt.load_state_dict(tmp_path / "ckpt", **IO), expected)
 
 
 def test_futures_work_with_asyncio(checkpointer, tmp_path):
@@ -151,19 +158,19 @@ def test_awkward_keys_come_back_exactly(tmp_path):
     state = {"a.b": torch.ones(2), "a": {"b": torch.zeros(2), 1: torch.full((2,), 5.0)},
              "1": torch.full((2,), 7.0), 1: "one", "": {"x": [torch.ones(1), torch.zeros(1)]},
              "tup": (torch.ones(3), 4), "empty": {}, "none": None}
-    ringckpt.save(state, tmp_path / "ckpt")
-    assert_same(ringckpt.load_state_dict(tmp_path / "ckpt"), state)
+    ringckpt.save(state, tmp_path / "ckpt", **IO)
+    assert_same(ringckpt.load_state_dict(tmp_path / "ckpt", **IO), state)
     dest = {"a.b": torch.empty(2), "a": {"b": torch.empty(2), 1: torch.empty(2)},
             "1": torch.empty(2), 1: None, "": {"x": [torch.empty(1), torch.empty(1)]},
             "tup": (torch.empty(3), 0), "empty": {}, "none": 1}
-    ringckpt.load(dest, tmp_path / "ckpt")
+    ringckpt.load(dest, tmp_path / "ckpt", **IO)
     assert dest[1] == "one" and dest["none"] is None and torch.equal(dest["a.b"], state["a.b"])
     assert torch.equal(dest["a"]["b"], state["a"]["b"]) and torch.equal(dest["1"], state["1"])
 
 
 def test_inspect_gives_typed_paths_and_verify_reports(tmp_path):
     _, _, state = training_state(seed=5)
-    ringckpt.save(state, tmp_path / "ckpt")
+    ringckpt.save(state, tmp_path / "ckpt", **IO)
     info = ringckpt.inspect(tmp_path / "ckpt")
     entry = info["entries"]["optim.state.0.exp_avg"]
     assert entry["path"] == ("optim", "state", 0, "exp_avg")
@@ -189,24 +196,24 @@ def _tensors(obj):
 
 
 def test_missing_key_fails_before_anything_is_loaded(tmp_path):
-    ringckpt.save({"w": torch.ones(4), "lr": 0.1}, tmp_path / "ckpt")
+    ringckpt.save({"w": torch.ones(4), "lr": 0.1}, tmp_path / "ckpt", **IO)
     for extra in ({"absent": torch.zeros(2)}, {"absent_value": 5}):
         dest = {"w": torch.zeros(4), "lr": 0.0, **extra}
         with pytest.raises(ringckpt.Error) as e:
-            ringckpt.load(dest, tmp_path / "ckpt")
+            ringckpt.load(dest, tmp_path / "ckpt", **IO)
         assert e.value.code == "not_found" and e.value.where in ("absent", "absent_value")
         assert torch.equal(dest["w"], torch.zeros(4)) and dest["lr"] == 0.0
 
 
 def test_shape_and_dtype_mismatch_name_the_key(tmp_path):
-    ringckpt.save({"layer.weight": torch.ones(4, 3)}, tmp_path / "ckpt")
+    ringckpt.save({"layer.weight": torch.ones(4, 3)}, tmp_path / "ckpt", **IO)
     for wrong in (torch.zeros(3, 4), torch.zeros(4, 3, dtype=torch.int32)):
         with pytest.raises(ringckpt.Error) as e:
-            ringckpt.load({"layer.weight": wrong}, tmp_path / "ckpt")
+            ringckpt.load({"layer.weight": wrong}, tmp_path / "ckpt", **IO)
         assert e.value.code == "mismatch" and "layer.weight" in str(e.value)
     # Between floating dtypes the load casts, as DCP's copy_ does.
     wider = torch.zeros(4, 3, dtype=torch.float64)
-    ringckpt.load({"layer.weight": wider}, tmp_path / "ckpt")
+    ringckpt.load({"layer.weight": wider}, tmp_path / "ckpt", **IO)
     assert torch.equal(wider, torch.ones(4, 3, dtype=torch.float64))
 
 
@@ -218,12 +225,12 @@ def test_corrupted_extent_is_caught_naming_the_file(checkpointer, tmp_path):
     raw = bytearray(victim.read_bytes())
     raw[-1000] ^= 0x10
     victim.write_bytes(bytes(raw))
-    for load in (ringckpt.load, checkpointer.load):
+    for load in (functools.partial(ringckpt.load, **IO), checkpointer.load):
         with pytest.raises(ringckpt.Error) as e:
             load({"w": torch.zeros(100000)}, tmp_path / "ckpt")
         assert e.value.code == "corrupt" and data_files[0] in str(e.value)
     with pytest.raises(ringckpt.Error) as e:
-        ringckpt.load_state_dict(tmp_path / "ckpt")
+        ringckpt.load_state_dict(tmp_path / "ckpt", **IO)
     assert e.value.code == "corrupt"
     report = ringckpt.verify(tmp_path / "ckpt")
     assert not report["ok"] and data_files[0] in report["faults"][0]["file"]
@@ -240,7 +247,7 @@ class Opaque:
 def test_pickled_values_only_with_allow_pickle(checkpointer, tmp_path):
     state = {"w": torch.ones(2), "cfg": Opaque(7)}
     with pytest.raises(ringckpt.Error) as e:
-        ringckpt.save(state, tmp_path / "refused")
+        ringckpt.save(state, tmp_path / "refused", **IO)
     assert e.value.code == "invalid_argument" and e.value.where == "cfg"
     assert not (tmp_path / "refused" / "metadata.json").exists()
     with pytest.raises(ringckpt.Error) as e:
@@ -249,14 +256,14 @@ def test_pickled_values_only_with_allow_pickle(checkpointer, tmp_path):
 
     checkpointer.save(state, tmp_path / "ckpt", allow_pickle=True)
     with pytest.raises(ringckpt.Error) as e:
-        ringckpt.load_state_dict(tmp_path / "ckpt")
+        ringckpt.load_state_dict(tmp_path / "ckpt", **IO)
     assert e.value.where == "cfg" and "allow_pickle" in str(e.value)
-    assert ringckpt.load_state_dict(tmp_path / "ckpt", allow_pickle=True)["cfg"] == Opaque(7)
+    assert ringckpt.load_state_dict(tmp_path / "ckpt", allow_pickle=True, **IO)["cfg"] == Opaque(7)
 
 
 def test_tensors_off_the_cpu_are_refused_clearly(tmp_path):
     with pytest.raises(ringckpt.Error) as e:
-        ringckpt.save({"gpu_like": torch.empty(4, device="meta")}, tmp_path / "ckpt")
+        ringckpt.save({"gpu_like": torch.empty(4, device="meta")}, tmp_path / "ckpt", **IO)
     assert e.value.where == "gpu_like" and "GPU staging" in str(e.value)
 
 
@@ -273,13 +280,13 @@ def test_overwrite_and_cancel_through_the_checkpointer(checkpointer, tmp_path):
     except ringckpt.Error as error:
         assert error.code == "cancelled"
         expected = torch.ones(8)
-    assert torch.equal(ringckpt.load_state_dict(tmp_path / "ckpt")["w"], expected)
+    assert torch.equal(ringckpt.load_state_dict(tmp_path / "ckpt", **IO)["w"], expected)
 
 
 TEARDOWN = textwrap.dedent("""
     import gc, sys, torch, ringckpt
     ck = ringckpt.Checkpointer(ring_bytes=32 << 20, extent_size=4 << 20)
-    state = {f"t{i}": torch.randn(1024, 1024) for i in range(64)}
+    state = {f"t{i}": torch.randn(1024, 1024) for i in range(16)}  # twice the ring
     h = ck.async_save(state, sys.argv[1])
     if sys.argv[2] == "drop":
         del ck
@@ -308,16 +315,16 @@ def test_teardown_with_a_save_in_flight(tmp_path, how):
 def test_a_failed_load_leaves_the_destination_as_it_was(checkpointer, tmp_path):
     checkpointer.save({"w": torch.ones(4), "cfg": Opaque(1)}, tmp_path / "ckpt",
                       allow_pickle=True)
-    for load in (ringckpt.load, checkpointer.load):
+    for load in (functools.partial(ringckpt.load, **IO), checkpointer.load):
         dest = {"w": torch.zeros(4), "cfg": None}
         with pytest.raises(ringckpt.Error) as e:
             load(dest, tmp_path / "ckpt")  # the value is pickled: refused before any tensor
         assert e.value.where == "cfg"
         assert torch.equal(dest["w"], torch.zeros(4)) and dest["cfg"] is None
-    ringckpt.save({"w": torch.ones(4), "b": torch.ones(3)}, tmp_path / "ckpt2")
+    ringckpt.save({"w": torch.ones(4), "b": torch.ones(3)}, tmp_path / "ckpt2", **IO)
     dest = {"w": torch.zeros(4), "b": torch.zeros(1).expand(3)}
     with pytest.raises(ringckpt.Error) as e:
-        ringckpt.load(dest, tmp_path / "ckpt2")
+        ringckpt.load(dest, tmp_path / "ckpt2", **IO)
     assert e.value.where == "b" and "overlap" in str(e.value)
     assert torch.equal(dest["w"], torch.zeros(4))
 
@@ -328,12 +335,12 @@ def test_a_checkpoint_written_without_a_structure_map_loads_with_raw_values(tmp_
     items = _core.StateItems()
     items.add_tensor("w", w.data_ptr(), "F32", (4,))
     items.add_bytes("note", b"\x00raw")
-    _core.save(items, str(tmp_path / "ckpt"))
-    loaded = ringckpt.load_state_dict(tmp_path / "ckpt")  # flat, in metadata.json's order
+    _core.save(items, str(tmp_path / "ckpt"), **IO)
+    loaded = ringckpt.load_state_dict(tmp_path / "ckpt", **IO)  # flat, in metadata.json's order
     assert sorted(loaded) == ["note", "w"]
     assert torch.equal(loaded["w"], w) and loaded["note"] == b"\x00raw"
     dest = {"w": torch.zeros(4), "note": b""}
-    ringckpt.load(dest, tmp_path / "ckpt")
+    ringckpt.load(dest, tmp_path / "ckpt", **IO)
     assert torch.equal(dest["w"], w) and dest["note"] == b"\x00raw"
 
 
@@ -341,7 +348,7 @@ def test_a_value_too_large_to_load_is_refused_at_save(tmp_path, monkeypatch):
     from ringckpt import values
     monkeypatch.setattr(values, "MAX_ENCODED_BYTES", 1000)
     with pytest.raises(ringckpt.Error) as e:
-        ringckpt.save({"w": torch.ones(1), "blob": b"x" * 2000}, tmp_path / "ckpt")
+        ringckpt.save({"w": torch.ones(1), "blob": b"x" * 2000}, tmp_path / "ckpt", **IO)
     assert e.value.code == "invalid_argument" and e.value.where == "blob"
     assert not (tmp_path / "ckpt" / "metadata.json").exists()
 
@@ -351,13 +358,13 @@ def test_a_save_on_a_temporary_checkpointer_runs_to_the_end(tmp_path):
         {"w": torch.ones(1 << 20)}, tmp_path / "ckpt")
     gc.collect()
     h.committed.result(timeout=60)
-    assert torch.equal(ringckpt.load_state_dict(tmp_path / "ckpt")["w"], torch.ones(1 << 20))
+    assert torch.equal(ringckpt.load_state_dict(tmp_path / "ckpt", **IO)["w"], torch.ones(1 << 20))
 
 
 EXIT_DURING_BLOCKING_CALL = textwrap.dedent("""
     import sys, threading, time, torch, ringckpt
     ck = ringckpt.Checkpointer(ring_bytes=32 << 20, extent_size=4 << 20)
-    state = {f"t{i}": torch.randn(1024, 1024) for i in range(64)}
+    state = {f"t{i}": torch.randn(1024, 1024) for i in range(16)}  # twice the ring
     started = threading.Event()
     def saving():
         started.set()

@@ -17,6 +17,11 @@ import ringckpt
 from ringckpt import _compat, convert
 
 COMMAND_LIMIT = 120  # seconds one command may take before the test fails
+# The I/O settings of in-process conversions, saves and loads: a small staging
+# ring, because the default one (256 MiB, pre-faulted on every call) costs
+# about a second a call here and these tests move kilobytes.
+# test_torch_save_to_ringckpt_and_back_is_identical keeps the defaults.
+IO = {"ring_bytes": 4 << 20, "extent_size": 1 << 20}
 
 
 def raw_bytes(tensor):
@@ -88,14 +93,14 @@ def test_torch_save_to_ringckpt_and_back_is_identical(tmp_path):
 def test_overwrite_replaces_and_refusal_keeps_the_destination(tmp_path):
     torch.save({"w": torch.zeros(3)}, tmp_path / "old.pt")
     torch.save({"w": torch.ones(3)}, tmp_path / "new.pt")
-    convert.convert(tmp_path / "old.pt", tmp_path / "ck")
+    convert.convert(tmp_path / "old.pt", tmp_path / "ck", **IO)
     with pytest.raises(ringckpt.Error) as refused:
-        convert.convert(tmp_path / "new.pt", tmp_path / "ck")
+        convert.convert(tmp_path / "new.pt", tmp_path / "ck", **IO)
     assert refused.value.code == "already_exists" and "--overwrite" in str(refused.value)
-    assert torch.equal(ringckpt.load_state_dict(tmp_path / "ck")["w"], torch.zeros(3))
-    convert.convert(tmp_path / "new.pt", tmp_path / "ck", overwrite=True)
-    assert torch.equal(ringckpt.load_state_dict(tmp_path / "ck")["w"], torch.ones(3))
-    convert.convert(tmp_path / "ck", tmp_path / "old.pt", overwrite=True)
+    assert torch.equal(ringckpt.load_state_dict(tmp_path / "ck", **IO)["w"], torch.zeros(3))
+    convert.convert(tmp_path / "new.pt", tmp_path / "ck", overwrite=True, **IO)
+    assert torch.equal(ringckpt.load_state_dict(tmp_path / "ck", **IO)["w"], torch.ones(3))
+    convert.convert(tmp_path / "ck", tmp_path / "old.pt", overwrite=True, **IO)
     assert torch.equal(torch.load(tmp_path / "old.pt")["w"], torch.ones(3))
 
 
@@ -109,8 +114,8 @@ def test_dcp_checkpoint_to_ringckpt_equals_the_source(tmp_path):
     dcp.save_state_dict(source, dcp.FileSystemWriter(str(tmp_path / "dcp")), no_dist=True)
     assert os.path.exists(tmp_path / "dcp" / ".metadata")
 
-    assert convert.convert(tmp_path / "dcp", tmp_path / "ck") == "DCP checkpoint"
-    loaded = ringckpt.load_state_dict(tmp_path / "ck")
+    assert convert.convert(tmp_path / "dcp", tmp_path / "ck", **IO) == "DCP checkpoint"
+    loaded = ringckpt.load_state_dict(tmp_path / "ck", **IO)
     assert sorted(loaded) == sorted(source)
     for key in source:
         assert_identical(loaded[key], source[key], key)
@@ -123,8 +128,8 @@ def test_ringckpt_dcp_checkpoint_to_ringckpt(tmp_path):
     dcp.save_state_dict(source, ringckpt_dcp.StorageWriter(str(tmp_path / "dcp")),
                         no_dist=True)
     # FileSystemReader cannot read this layout: a success went through ringckpt.dcp's reader.
-    assert convert.convert(tmp_path / "dcp", tmp_path / "ck") == "DCP checkpoint"
-    assert_identical(ringckpt.load_state_dict(tmp_path / "ck"), source)
+    assert convert.convert(tmp_path / "dcp", tmp_path / "ck", **IO) == "DCP checkpoint"
+    assert_identical(ringckpt.load_state_dict(tmp_path / "ck", **IO), source)
 
 
 def test_nesting_is_rebuilt_from_dcp_paths():
@@ -138,11 +143,11 @@ def test_nesting_is_rebuilt_from_dcp_paths():
 def test_sources_that_are_no_checkpoint_are_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ringckpt.Error) as empty:
-        convert.convert(tmp_path / "empty", tmp_path / "out")
+        convert.convert(tmp_path / "empty", tmp_path / "out", **IO)
     assert "neither metadata.json" in str(empty.value) and "empty" in str(empty.value)
     (tmp_path / "junk.pt").write_bytes(b"not a torch file at all")
     with pytest.raises(ringckpt.Error) as junk:
-        convert.convert(tmp_path / "junk.pt", tmp_path / "out")
+        convert.convert(tmp_path / "junk.pt", tmp_path / "out", **IO)
     assert junk.value.code == "corrupt" and "junk.pt" in str(junk.value)
     assert not os.path.exists(tmp_path / "out")
 
@@ -175,7 +180,8 @@ def test_cli_exit_codes_messages_and_progress(tmp_path):
     exists = run_cli("big.pt", "ck", cwd=tmp_path)
     assert exists.returncode == 1
     assert "ck: exists; pass --overwrite" in exists.stderr and "Traceback" not in exists.stderr
-    assert run_cli("big.pt", "ck", "--overwrite", cwd=tmp_path).returncode == 0
+    assert run_cli("big.pt", "ck", "--overwrite", "--ring-bytes", "8MiB",
+                   cwd=tmp_path).returncode == 0
 
     usage = run_cli("only-one-argument", cwd=tmp_path)
     assert usage.returncode == 2 and "usage:" in usage.stderr
@@ -189,20 +195,21 @@ def test_cli_objects_need_allow_pickle(tmp_path):
     assert "--allow-pickle" in refused.stderr and "Traceback" not in refused.stderr
     assert not os.path.exists(tmp_path / "ck")
 
-    allowed = run_cli("obj.pt", "ck", "--allow-pickle", cwd=tmp_path)
+    allowed = run_cli("obj.pt", "ck", "--allow-pickle", "--ring-bytes", "8MiB", cwd=tmp_path)
     assert allowed.returncode == 0, allowed.stderr
-    loaded = ringckpt.load_state_dict(tmp_path / "ck", allow_pickle=True)
+    loaded = ringckpt.load_state_dict(tmp_path / "ck", allow_pickle=True, **IO)
     assert loaded["ratio"] == fractions.Fraction(1, 3) and torch.equal(loaded["w"], torch.ones(2))
-    convert.convert(tmp_path / "ck", tmp_path / "back.pt", allow_pickle=True)
+    convert.convert(tmp_path / "ck", tmp_path / "back.pt", allow_pickle=True, **IO)
     assert torch.load(tmp_path / "back.pt")["ratio"] == fractions.Fraction(1, 3)
 
 
 def test_progress_only_above_the_threshold(tmp_path):
     torch.save({"w": torch.randn(256, 1024)}, tmp_path / "src.pt")  # 1 MiB of tensors
     quiet, loud = io.StringIO(), io.StringIO()
-    convert.convert(tmp_path / "src.pt", tmp_path / "a", reporter=convert.Reporter(stream=quiet))
+    convert.convert(tmp_path / "src.pt", tmp_path / "a", reporter=convert.Reporter(stream=quiet),
+                    **IO)
     convert.convert(tmp_path / "a", tmp_path / "b.pt",
-                    reporter=convert.Reporter(threshold=1000, stream=loud))
+                    reporter=convert.Reporter(threshold=1000, stream=loud), **IO)
     assert quiet.getvalue() == ""
     lines = loud.getvalue().splitlines()
     assert lines[0].startswith(f"reading {tmp_path / 'a'} (ringckpt) (1.") and " MB)" in lines[0]
@@ -223,15 +230,15 @@ def test_progress_counts_within_one_tensor(tmp_path, monkeypatch):
     torch.save(source, tmp_path / "src.pt")
     out = io.StringIO()
     convert.convert(tmp_path / "src.pt", tmp_path / "ck",
-                    reporter=convert.Reporter(threshold=0, stream=out))
+                    reporter=convert.Reporter(threshold=0, stream=out), **IO)
     reading = [line for line in out.getvalue().splitlines() if line.startswith("reading")]
     percents = [int(line.split(": ")[1].split("%")[0]) for line in reading]
     assert len(percents) >= 10 and percents == sorted(percents) and percents[-1] == 100
-    assert_identical(ringckpt.load_state_dict(tmp_path / "ck"), source)
+    assert_identical(ringckpt.load_state_dict(tmp_path / "ck", **IO), source)
 
 
 def test_failed_torch_save_leaves_neither_half_file_nor_temporary(tmp_path, monkeypatch):
-    ringckpt.save({"w": torch.ones(4)}, tmp_path / "ck")
+    ringckpt.save({"w": torch.ones(4)}, tmp_path / "ck", **IO)
     (tmp_path / "old.pt").write_bytes(b"the previous file")
 
     def half_then_fail(obj, f):
@@ -240,9 +247,9 @@ def test_failed_torch_save_leaves_neither_half_file_nor_temporary(tmp_path, monk
 
     monkeypatch.setattr(torch, "save", half_then_fail)
     with pytest.raises(ringckpt.Error) as failed:
-        convert.convert(tmp_path / "ck", tmp_path / "old.pt", overwrite=True)
+        convert.convert(tmp_path / "ck", tmp_path / "old.pt", overwrite=True, **IO)
     assert failed.value.code == "io" and "No space left" in str(failed.value)
     assert (tmp_path / "old.pt").read_bytes() == b"the previous file"
     with pytest.raises(ringckpt.Error):
-        convert.convert(tmp_path / "ck", tmp_path / "new.pt")
+        convert.convert(tmp_path / "ck", tmp_path / "new.pt", **IO)
     assert sorted(os.listdir(tmp_path)) == ["ck", "old.pt"]
