@@ -24,15 +24,15 @@ source (torch.equal on every tensor) and that ringckpt.verify passes.
 
 --ranks N (N > 1) splits the same model across N gloo ranks on this machine
 (torch.multiprocessing): every tensor with at least N rows and 64 KiB is a
-row-sharded ShardedTensor, smaller ones are replicated. Each round, pair by
-pair, every writer next to a device run of its own (the device first in even
-rounds, second in odd ones; each run after a 1 s pause: os.sync, then sleep,
-since a virtual disk's host keeps writing back after fsync returns; the pairs
-take turns leading a round): the device is
+row-sharded ShardedTensor, smaller ones are replicated. Each round runs the
+device and the writers in turn, D W1 D W2 D W3 D, every run after a 1 s pause
+(os.sync, then sleep: a virtual disk's host keeps writing back after fsync
+returns); a writer's baseline is the mean rate of the device runs on either
+side of it, and the writers take turns leading a round. The device is
 `mpirun -n N ringckpt bench --ranks N --device-only --json --repeat 1`, N
-io_uring O_DIRECT writers of the same bytes and nothing else, run by rank 0 while the others
-wait (where there is no mpirun, one writer, `ringckpt bench --json --repeat
-1`, and the table says so); the writers are DCP save_state_dict with
+io_uring O_DIRECT writers of the same bytes and nothing else, run by rank 0
+while the others wait (where there is no mpirun, one writer, `ringckpt bench
+--json --repeat 1`, and the table says so); the writers are DCP save_state_dict with
 FileSystemWriter (sync_files=True), DCP save_state_dict with
 ringckpt.dcp.StorageWriter (skipped where the package has no ringckpt.dcp) and
 ringckpt's own Checkpointer(coordinator="auto").async_save timed to committed;
@@ -658,17 +658,19 @@ def rank_worker(rank, world, port, cfg):
                 os.makedirs(where)
             dist.barrier()
 
-            def device(paired_with):
-                """The device's N-writer rate, just before `paired_with` runs."""
-                dist.barrier()
+            def device():
+                """The device's N-writer rate (GB/s), after a pause; rank 0's
+                figure (the others get 0)."""
+                settle()
+                rate = 0.0
                 if rank == 0:
                     rate, writers = run_cpp_device(cfg["binary"], cfg["size_text"],
                                                    path["cpp"], world)
                     samples["device"].append(rate)
-                    samples["device for " + paired_with].append(rate)
                     samples["device writers"] = writers
                     remove(path["cpp"])
                 dist.barrier()
+                return rate
 
             saves = [("dcp fs save", lambda: dcp_fs_save(path["dcp-fs"]))]
             if ringckpt_dcp is not None:
@@ -677,21 +679,18 @@ def rank_worker(rank, world, port, cfg):
                                                        checkpointer=ck_local))))
             saves.append(("ringckpt save", lambda: ck.async_save(
                 source, path["ringckpt"]).committed.result(timeout=RANK_LIMIT.total_seconds())))
-            # Pair by pair: each writer next to a device run of its own, each
-            # after a pause; the pairs take turns leading a round, so a disk
-            # that slows after sustained writes favours none of them.
-            # Within a pair the device goes first in even rounds and second in
-            # odd ones: whatever one run leaves the disk to do falls on both.
+            # D W1 D W2 D W3 D: every writer between two device runs, its
+            # baseline their mean, so whatever the disk does before and after
+            # a writer falls on its baseline too; the writers take turns
+            # leading a round.
             turn = r % len(saves)
+            before = device()
             for key, action in saves[turn:] + saves[:turn]:
-                if r % 2 == 0:
-                    settle()
-                    device(key)
                 settle()
                 samples[key].append(timed(action))
-                if r % 2 == 1:
-                    settle()
-                    device(key)
+                after = device()
+                samples["device for " + key].append((before + after) / 2)
+                before = after
             loads = [("dcp fs load", "dcp-fs", lambda: dcp.load_state_dict(
                 target, dcp.FileSystemReader(path["dcp-fs"])))]
             if ringckpt_dcp is not None:
@@ -832,7 +831,8 @@ def ranks_main(args, binary):
     rows, gates, ratios = summarize_ranks(result, args.repeat, args.ranks)
     print_report(rows, gates, "GB/s: the model's tensor bytes over the time from the first "
                  "rank's start to the last rank's end; ratios to the device are medians of "
-                 "per-pair ratios, the others medians of per-round ratios.")
+                 "per-writer ratios (each writer against the mean of the device runs before "
+                 "and after it), the others medians of per-round ratios.")
     dcp_line = (f"{ratios['dcp fs save / dcp ringckpt save (time)']:.2f}x the time of DCP on "
                 f"ringckpt.dcp and " if result["ringckpt_dcp"] else "")
     load_line = (f"{ratios['dcp fs load / dcp ringckpt load (time)']:.2f}x the time of "
