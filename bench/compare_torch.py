@@ -29,10 +29,13 @@ device and the writers in turn, D W1 D W2 D W3 D, every run after a 1 s pause
 (os.sync, then sleep: a virtual disk's host keeps writing back after fsync
 returns); a writer's baseline is the mean rate of the device runs on either
 side of it, and the writers take turns leading a round. The device is
-`mpirun -n N ringckpt bench --ranks N --device-only --json --repeat 1`, N
-io_uring O_DIRECT writers of the same bytes and nothing else, run by rank 0
+`mpirun -n N ringckpt bench --ranks N --device-only --keep --json --repeat 1`,
+N io_uring O_DIRECT writers of the same bytes and nothing else, run by rank 0
 while the others wait (where there is no mpirun, one writer, `ringckpt bench
---json --repeat 1`, and the table says so); the writers are DCP save_state_dict with
+--json --repeat 1`, and the table says so). Nothing is removed until the round
+ends (a file system mounted with discard would put the discards of one run's
+files into the next run), then everything, followed by a sync. The writers
+are DCP save_state_dict with
 FileSystemWriter (sync_files=True), DCP save_state_dict with
 ringckpt.dcp.StorageWriter (skipped where the package has no ringckpt.dcp) and
 ringckpt's own Checkpointer(coordinator="auto").async_save timed to committed;
@@ -298,8 +301,10 @@ def run_cpp_bench(binary, size_text, directory, keep):
 
 def run_cpp_device(binary, size_text, directory, world):
     """The device's write rate (GB/s) for a model of `size_text`: N io_uring
-    O_DIRECT writers of the same bytes (`ringckpt bench --ranks N` under
-    mpirun), or one writer where mpirun is missing; and how many writers."""
+    O_DIRECT writers of the same bytes (`ringckpt bench --ranks N
+    --device-only --keep` under mpirun: its files stay in `directory`, for the
+    caller to remove with the writers' outputs), or one writer where mpirun is
+    missing; and how many writers."""
     mpirun = shutil.which("mpirun")
     if mpirun is None:
         return run_cpp_bench(binary, size_text, directory, keep=False)["phases"]["device"][
@@ -307,7 +312,7 @@ def run_cpp_device(binary, size_text, directory, world):
     cmd = [mpirun, "--oversubscribe", "-n", str(world)]
     if os.geteuid() == 0:
         cmd.append("--allow-run-as-root")
-    cmd += [binary, "bench", "--ranks", str(world), "--device-only", "--json",
+    cmd += [binary, "bench", "--ranks", str(world), "--device-only", "--keep", "--json",
             "--size", size_text, "--repeat", "1", "--dir", directory]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
@@ -664,11 +669,14 @@ def rank_worker(rank, world, port, cfg):
                 settle()
                 rate = 0.0
                 if rank == 0:
-                    rate, writers = run_cpp_device(cfg["binary"], cfg["size_text"],
-                                                   path["cpp"], world)
+                    # Its files stay until the round ends, as the writers'
+                    # do: on a file system mounted with discard, removing
+                    # them would put their discards into the next phase.
+                    rate, writers = run_cpp_device(
+                        cfg["binary"], cfg["size_text"],
+                        f"{path['cpp']}-{len(samples['device'])}", world)
                     samples["device"].append(rate)
                     samples["device writers"] = writers
-                    remove(path["cpp"])
                 dist.barrier()
                 return rate
 
@@ -707,6 +715,7 @@ def rank_worker(rank, world, port, cfg):
             dist.barrier()
             if rank == 0:
                 shutil.rmtree(where, ignore_errors=True)
+                os.sync()  # the removal's discards, before the next round's runs
                 print(f"  round {r + 1}/{cfg['repeat']} done", file=sys.stderr, flush=True)
     everyone = [None] * world
     dist.all_gather_object(everyone, found)

@@ -60,6 +60,12 @@ if [ -n "$tool" ]; then
   printf '%s' "$out" | grep -q '"ringckpt-sync"' && fail "bench --device-only saved: $out"
   printf '%s' "$out" | grep -q '"load_matches":null' || fail "bench --device-only claims a load: $out"
   [ -z "$(ls -A "$dir/device" 2>/dev/null)" ] || fail "bench --device-only left files: $(ls -R "$dir/device")"
+  # --device-only --keep: the last run's files stay, one a rank.
+  timeout 120 "$mpirun" -n 2 --oversubscribe --allow-run-as-root --mca btl self,vader \
+    "$tool" bench --ranks 2 --device-only --keep --size 16MiB --repeat 1 --json \
+    --dir "$dir/device-kept" >/dev/null 2>&1 || fail "bench --device-only --keep exited non-zero"
+  [ -f "$dir/device-kept/bench-device/rank-0.bin" ] && [ -f "$dir/device-kept/bench-device/rank-1.bin" ] ||
+    fail "bench --device-only --keep did not keep its files: $(ls -R "$dir/device-kept")"
   timeout 120 "$mpirun" -n 2 --oversubscribe --allow-run-as-root --mca btl self,vader \
     "$tool" bench --ranks 3 --size 16MiB --repeat 1 --dir "$dir/bench3" >/dev/null 2>&1
   [ $? -eq 2 ] || fail "bench --ranks 3 under mpirun -n 2 was not refused"

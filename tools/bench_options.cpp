@@ -34,7 +34,8 @@ po::options_description bench_options() {
       ("queue-depth", po::value<std::string>()->default_value("16"), "I/O operations in flight")
       ("json", "print every figure as one JSON document on stdout")
       ("keep", "keep the last checkpoint of each kind (bench-sync, bench-snapshot, ...; "
-               "train-step-N with --train) in the directory")
+               "train-step-N with --train; the device's files with --device-only) in the "
+               "directory")
       ("seed", po::value<std::string>()->default_value("1"), "seed of the model's values")
       ("train", po::value<std::string>(),
        "simulate a training loop of this many steps instead (lazy saves)")

@@ -163,22 +163,25 @@ StateDict blank_twin(const StateDict& sd, std::vector<std::vector<std::byte>>& s
 }
 
 // The device phase's figure, and one run of it: each rank writes `share`
-// bytes to its own file in `dir`, then removes it. Returns GB/s of
-// `all_bytes`, barrier to barrier.
+// bytes to its own file in `dir`, then removes it unless `keep`. Returns
+// GB/s of `all_bytes`, barrier to barrier.
 void add_device_figure(Figures& figs, int n) {
   figs.add("device", std::to_string(n) + " writers (io_uring O_DIRECT)", Unit::gbps);
 }
 
 double device_run(RawDevice& device, const fs::path& dir, int rank, std::uint64_t share,
-                  std::uint64_t all_bytes) {
+                  std::uint64_t all_bytes, bool keep = false) {
   const fs::path raw = dir / ("rank-" + std::to_string(rank) + ".bin");
   const double s = timed_together([&] { device.write(raw, share); });
-  remove_quietly(raw);
+  if (!keep) remove_quietly(raw);
   return s > 0 ? static_cast<double>(all_bytes) / s / 1e9 : 0.0;
 }
 
 // --device-only: the N writers of the model's bytes (split evenly), --repeat
-// times; no checkpoint is written or loaded.
+// times; no checkpoint is written or loaded. With --keep the last run's files
+// stay in bench-device (a caller that removes its own outputs later, as
+// bench/compare_torch.py does, keeps a file system's discards of the
+// device's files out of the next timed phase).
 int run_device_only(const BenchOptions& o, const fs::path& dir, const SyntheticModel& model,
                     int rank, int n) {
   IoNotes notes;
@@ -191,8 +194,9 @@ int run_device_only(const BenchOptions& o, const fs::path& dir, const SyntheticM
   r.load_checked = false;
   add_device_figure(r.figures, n);
   for (unsigned run = 0; run < o.repeat; ++run) {
+    const bool keep = o.keep && run + 1 == o.repeat;
     r.figures["device"].samples.push_back(
-        device_run(device, dir / "bench-device", rank, share, all_bytes));
+        device_run(device, dir / "bench-device", rank, share, all_bytes, keep));
   }
   r.machine.device_direct = device.last_direct();
   r.machine.device_registered = device.registered();
@@ -204,7 +208,7 @@ int run_device_only(const BenchOptions& o, const fs::path& dir, const SyntheticM
     print_main_report(r, o);
   }
   MPI_Barrier(MPI_COMM_WORLD);
-  if (rank == 0) remove_quietly(dir / "bench-device");
+  if (rank == 0 && !o.keep) remove_quietly(dir / "bench-device");
   return 0;
 }
 
