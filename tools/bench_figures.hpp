@@ -2,6 +2,7 @@
 // and how they are summed up (medians, percentiles, ratios to a baseline).
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -47,6 +48,10 @@ class Figures {
 };
 
 double median(std::vector<double> v);             // 0 for none
+// GB/s of `bytes` moved in `seconds`; 0 for a time that is not positive.
+inline double gb_per_s(std::uint64_t bytes, double seconds) {
+  return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0.0;
+}
 double percentile(std::vector<double> v, double p);  // nearest rank; 0 for none
 
 // A number with 3 or 4 significant digits ("1234", "123.4", "12.34", "0.123").

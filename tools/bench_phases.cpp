@@ -99,7 +99,7 @@ int run_main_bench(const BenchOptions& o) {
   figs.add("device-read", "device read (io_uring O_DIRECT)", Unit::gbps);
   figs.add("load", "ringckpt load (verified)", Unit::gbps, "device-read", "device read");
 
-  auto gbps = [](std::uint64_t n, double s) { return s > 0 ? static_cast<double>(n) / s / 1e9 : 0.0; };
+  auto gbps = [](std::uint64_t n, double s) { return gb_per_s(n, s); };
   auto ms = [](double s) { return s * 1e3; };
   std::vector<double> rss_rise_bytes;
   bool rss_measured = true;

@@ -162,19 +162,20 @@ StateDict blank_twin(const StateDict& sd, std::vector<std::vector<std::byte>>& s
   return out;
 }
 
-// The device phase's figure, and one run of it: each rank writes `share`
-// bytes to its own file in `dir`, then removes it unless `keep`. Returns
-// GB/s of `all_bytes`, barrier to barrier.
+// The device phase's figure: N writers.
 void add_device_figure(Figures& figs, int n) {
   figs.add("device", std::to_string(n) + " writers (io_uring O_DIRECT)", Unit::gbps);
 }
 
+// One run of the device phase: each rank writes `share` bytes to its own
+// file in `dir`, then removes it unless `keep`. Returns GB/s of `all_bytes`,
+// barrier to barrier.
 double device_run(RawDevice& device, const fs::path& dir, int rank, std::uint64_t share,
                   std::uint64_t all_bytes, bool keep = false) {
   const fs::path raw = dir / ("rank-" + std::to_string(rank) + ".bin");
   const double s = timed_together([&] { device.write(raw, share); });
   if (!keep) remove_quietly(raw);
-  return s > 0 ? static_cast<double>(all_bytes) / s / 1e9 : 0.0;
+  return gb_per_s(all_bytes, s);
 }
 
 // --device-only: the N writers of the model's bytes (split evenly), --repeat
@@ -271,11 +272,12 @@ int run_ranks(const BenchOptions& o, MpiCoordinator& world) {
            "device", "device");
   figs.add("lazy-blocked", "lazy: blocked (slowest rank)", Unit::ms);
   figs.add("lazy-committed", "lazy: to committed", Unit::gbps, "device", "device");
-  auto gbps = [&](double s) { return s > 0 ? static_cast<double>(all_bytes) / s / 1e9 : 0.0; };
+  auto gbps = [&](double s) { return gb_per_s(all_bytes, s); };
 
   for (unsigned run = 0; run < o.repeat; ++run) {
     const bool last = run + 1 == o.repeat;
-    figs["device"].samples.push_back(device_run(device, dir / "bench-device", rank, share, all_bytes));
+    figs["device"].samples.push_back(
+        device_run(device, dir / "bench-device", rank, share, all_bytes));
     m.device_direct = device.last_direct();
     figs["ringckpt-sync"].samples.push_back(
         gbps(timed_together([&] { ck.save(mine, dir / "bench-sync"); })));
