@@ -77,7 +77,7 @@ CheckpointDirectory open_parent(const fs::path& path) {
 RawDevice::RawDevice(std::uint64_t extent, unsigned depth, std::uint64_t max_bytes, IoNotes& notes)
     : extent_(extent),
       slots_(std::max<std::uint64_t>(1, std::min<std::uint64_t>(depth, (max_bytes + extent - 1) / extent))),
-      buffer_(slots_ * extent_) {
+      buffer_(slots_ * extent_, "device") {
   auto* words = reinterpret_cast<std::uint64_t*>(buffer_.data());
   std::uint64_t x = 0x9e3779b97f4a7c15ull;
   for (std::size_t i = 0; i < buffer_.size() / 8; ++i) {

@@ -13,7 +13,7 @@
 #include <memory>
 #include <vector>
 
-#include "aligned_buffer.hpp"
+#include "io/io_memory.hpp"
 #include "io/uring_queue.hpp"
 #include "io_notes.hpp"
 #include "ringckpt/tensor.hpp"
@@ -40,7 +40,7 @@ class RawDevice {
  private:
   std::uint64_t extent_;
   std::uint64_t slots_;
-  AlignedBuffer buffer_;
+  IoMemory buffer_;
   std::unique_ptr<UringQueue> queue_;
   bool direct_ = false;
 };

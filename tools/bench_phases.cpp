@@ -14,7 +14,6 @@
 #include <string>
 #include <vector>
 
-#include "aligned_buffer.hpp"
 #include "bench_baselines.hpp"
 #include "bench_figures.hpp"
 #include "bench_footprint.hpp"
@@ -23,6 +22,7 @@
 #include "bench_setup.hpp"
 #include "bench_workdir.hpp"
 #include "io/io_engine.hpp"
+#include "io/io_memory.hpp"
 #include "io_notes.hpp"
 #include "machine_facts.hpp"
 #include "ringckpt/checkpoint.hpp"
@@ -61,7 +61,7 @@ int run_main_bench(const BenchOptions& o) {
 
   // Everything allocated before timing starts.
   RawDevice device(o.extent_size, o.queue_depth, bytes, notes);
-  AlignedBuffer mirror(static_cast<std::size_t>(std::max<std::uint64_t>(model.arena_bytes, 1)));
+  IoMemory mirror(static_cast<std::size_t>(model.arena_bytes), "bench");
   std::vector<std::unique_ptr<std::byte[]>> mirror_extra;
   StateDict target = mirror_state_dict(model, mirror.data(), mirror_extra);
 

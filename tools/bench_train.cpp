@@ -15,12 +15,12 @@
 
 #include <boost/json.hpp>
 
-#include "aligned_buffer.hpp"
 #include "bench_figures.hpp"
 #include "bench_footprint.hpp"
 #include "bench_runs.hpp"
 #include "bench_setup.hpp"
 #include "bench_workdir.hpp"
+#include "io/io_memory.hpp"
 #include "io_notes.hpp"
 #include "machine_facts.hpp"
 #include "ringckpt/checkpoint.hpp"
@@ -119,7 +119,7 @@ int run_train(const BenchOptions& o) {
 
   // 3. Every checkpoint holds exactly the values of its step.
   std::vector<std::unique_ptr<std::byte[]>> extra;
-  AlignedBuffer mirror(static_cast<std::size_t>(std::max<std::uint64_t>(model.arena_bytes, 1)));
+  IoMemory mirror(static_cast<std::size_t>(model.arena_bytes), "bench");
   StateDict target = mirror_state_dict(model, mirror.data(), extra);
   std::vector<std::string> failures;
   for (const auto& sv : saves) {

@@ -2,10 +2,6 @@
 // I/O thread drains.
 #include "io/staging_ring.hpp"
 
-#include <sys/mman.h>
-
-#include <cerrno>
-#include <cstring>
 #include <limits>
 #include <string>
 #include <utility>
@@ -34,25 +30,12 @@ std::size_t checked_total(std::size_t slot_bytes, std::size_t slot_count) {
 }  // namespace
 
 StagingRing::StagingRing(std::size_t slot_bytes, std::size_t slot_count)
-    : slot_bytes_(slot_bytes), slot_count_(slot_count) {
-  const std::size_t total = checked_total(slot_bytes, slot_count);
-  // Page-aligned by construction; MAP_POPULATE faults the pages in now, and the
-  // memset makes sure every page is really backed before the first save.
-  void* p = ::mmap(nullptr, total, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-  if (p == MAP_FAILED)
-    throw Error(ErrorCode::kIo, "staging ring",
-                "cannot map " + std::to_string(total) + " bytes: " + std::strerror(errno));
-  std::memset(p, 0, total);
-  base_ = static_cast<std::byte*>(p);
-
+    : memory_(checked_total(slot_bytes, slot_count), "staging ring"),
+      slot_bytes_(slot_bytes),
+      slot_count_(slot_count) {
   // free_ is a stack: slot 0 is handed out first.
   free_.reserve(slot_count);
   for (std::size_t i = slot_count; i-- > 0;) free_.push_back(static_cast<unsigned>(i));
-}
-
-StagingRing::~StagingRing() {
-  if (base_ != nullptr) ::munmap(base_, total_bytes());
 }
 
 std::vector<iovec> StagingRing::iovecs() const {

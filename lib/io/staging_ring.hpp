@@ -1,9 +1,9 @@
 // lib/io/staging_ring.hpp — the ring of aligned buffers that staging fills and
 // the I/O thread drains.
 //
-// All slots are allocated, pre-faulted and (by UringQueue) registered once, at
-// construction; saves and loads only borrow them. A slot is either free or
-// owned by exactly one borrower.
+// All slots are allocated (IoMemory: on huge pages, pre-faulted) and (by
+// UringQueue) registered once, at construction; saves and loads only borrow
+// them. A slot is either free or owned by exactly one borrower.
 #pragma once
 
 #include <sys/uio.h>
@@ -14,6 +14,7 @@
 #include <mutex>
 #include <vector>
 
+#include "io/io_memory.hpp"
 #include "io/slot_source.hpp"
 
 namespace ringckpt {
@@ -23,14 +24,13 @@ class StagingRing final : public SlotSource {
   // slot_bytes: a multiple of kAlignment. Throws Error(kIo) if the memory
   // cannot be had.
   StagingRing(std::size_t slot_bytes, std::size_t slot_count);
-  ~StagingRing();
   StagingRing(const StagingRing&) = delete;
   StagingRing& operator=(const StagingRing&) = delete;
 
   std::size_t slot_bytes() const noexcept { return slot_bytes_; }
   std::size_t slot_count() const noexcept override { return slot_count_; }
   std::size_t total_bytes() const noexcept { return slot_bytes_ * slot_count_; }
-  std::byte* slot_data(unsigned slot) const noexcept { return base_ + slot * slot_bytes_; }
+  std::byte* slot_data(unsigned slot) const noexcept { return memory_.data() + slot * slot_bytes_; }
   // One iovec per slot, in slot order (for io_uring_register_buffers).
   std::vector<iovec> iovecs() const;
 
@@ -43,7 +43,7 @@ class StagingRing final : public SlotSource {
   std::size_t free_count() const;
 
  private:
-  std::byte* base_ = nullptr;
+  IoMemory memory_;  // the slots, back to back
   std::size_t slot_bytes_;
   std::size_t slot_count_;
   mutable std::mutex mu_;
