@@ -89,9 +89,13 @@ BOOST_AUTO_TEST_CASE(advised_to_transparent_huge_pages) {
 }
 
 BOOST_AUTO_TEST_CASE(the_staging_ring_is_made_of_it) {
-  StagingRing ring(64 * kAlignment, 9);
+  // 4.5 MiB of 256 KiB slots: slot 8 starts the second whole huge page.
+  StagingRing ring(64 * kAlignment, 18);
   BOOST_TEST(address(ring.slot_data(0)) % kHugePage == 0u);
+  BOOST_TEST(address(ring.slot_data(8)) - address(ring.slot_data(0)) == kHugePage);
   const auto mode = thp_mode();
-  if (mode && *mode != "never" && thp_eligible(ring.slot_data(0)) >= 0)
+  if (mode && *mode != "never" && thp_eligible(ring.slot_data(0)) >= 0) {
+    BOOST_TEST(thp_eligible(ring.slot_data(0)) == 1);
     BOOST_TEST(thp_eligible(ring.slot_data(8)) == 1);
+  }
 }

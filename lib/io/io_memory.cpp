@@ -10,38 +10,32 @@
 #include <limits>
 #include <string>
 
+#include "format/huge_pages.hpp"
+#include "io/io_engine.hpp"
 #include "ringckpt/error.hpp"
 
 namespace ringckpt {
-namespace {
-
-constexpr std::size_t kHugePage = std::size_t{2} << 20;
-
-std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
-
-}  // namespace
 
 IoMemory::IoMemory(std::size_t bytes, const char* what) {
   const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
-  if (bytes > std::numeric_limits<std::size_t>::max() - 2 * kHugePage)
+  if (bytes > std::numeric_limits<std::size_t>::max() - 2 * detail::kHugePageBytes)
     throw Error(ErrorCode::kIo, what, std::to_string(bytes) + " bytes is too much memory");
-  size_ = round_up(bytes == 0 ? 1 : bytes, page);
+  size_ = detail::round_up(bytes == 0 ? 1 : bytes, page);
   // Map a huge page more than asked, then unmap what lies before the first
   // 2 MiB boundary and after the block: the kernel can back an aligned 2 MiB
   // range with one huge page only.
-  const std::size_t reserved = size_ + kHugePage;
+  const std::size_t reserved = size_ + detail::kHugePageBytes;
   void* p = ::mmap(nullptr, reserved, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED)
     throw Error(ErrorCode::kIo, what,
                 "cannot map " + std::to_string(size_) + " bytes: " + std::strerror(errno));
   const auto start = reinterpret_cast<std::uintptr_t>(p);
-  const std::uintptr_t aligned = round_up(start, kHugePage);
+  const std::uintptr_t aligned = detail::round_up(start, detail::kHugePageBytes);
   if (aligned > start) ::munmap(p, aligned - start);
   const std::size_t tail = start + reserved - (aligned + size_);
   if (tail > 0) ::munmap(reinterpret_cast<void*>(aligned + size_), tail);
   data_ = reinterpret_cast<std::byte*>(aligned);
-  // Advice only: EINVAL where the kernel has no transparent huge pages.
-  ::madvise(data_, size_, MADV_HUGEPAGE);
+  detail::advise_huge_pages(data_, size_);
   // Fault every page in now (a huge page at a time where granted), so that no
   // save or load pays for it, and no write reads an unbacked page.
   std::memset(data_, 0, size_);

@@ -10,9 +10,8 @@
 #include <string>
 #include <variant>
 
-#include <sys/mman.h>
-
 #include "format/dtype_cast.hpp"
+#include "format/huge_pages.hpp"
 #include "format/message_text.hpp"
 #include "format/tensor_geometry.hpp"
 #include "plan/chunk_index.hpp"
@@ -22,27 +21,13 @@
 namespace ringckpt {
 namespace {
 
-// Advises the kernel to back the whole 2 MiB pages inside [p, p + bytes)
-// with huge pages, if it does so on request (transparent huge pages in
-// "madvise" mode): a resharding plan's items fill hundreds of MB, written
-// once, and faulting them in 4 KiB at a time costs more than making them.
-// Advice only: nothing changes where the kernel declines.
-void advise_huge_pages(const void* p, std::size_t bytes) {
-  constexpr std::uintptr_t kHugePage = std::uintptr_t{2} << 20;
-  if (bytes < 2 * kHugePage) return;
-  const auto at = reinterpret_cast<std::uintptr_t>(p);
-  const std::uintptr_t begin = (at + kHugePage - 1) & ~(kHugePage - 1);
-  const std::uintptr_t end = (at + bytes) & ~(kHugePage - 1);
-  if (end > begin) {
-    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-  }
-}
-
-// Reserves `n` elements of `v`, backed by huge pages where the kernel will.
+// Reserves `n` elements of `v`, backed by huge pages where the kernel will:
+// a resharding plan's items fill hundreds of MB, written once, and faulting
+// them in 4 KiB at a time costs more than making them.
 template <typename T>
 void reserve_advised(std::vector<T>& v, std::size_t n) {
   v.reserve(n);
-  advise_huge_pages(v.data(), n * sizeof(T));
+  detail::advise_huge_pages(v.data(), n * sizeof(T));
 }
 
 using detail::check_shard;
