@@ -51,6 +51,10 @@ if [ -n "$tool" ]; then
   [ "$(printf '%s\n' "$out" | grep -c '"phases"')" -eq 1 ] || fail "bench --ranks 2 printed not one document: $out"
   printf '%s' "$out" | grep -q '"ringckpt-sync"' || fail "bench --ranks 2 has no ringckpt-sync phase"
   printf '%s' "$out" | grep -q '"ok":true' || fail "bench --ranks 2 did not verify: $out"
+  [ -z "$(ls -A "$dir/bench" 2>/dev/null)" ] || fail "bench --ranks 2 left files: $(ls -R "$dir/bench")"
+  # --device-only sizes the model as the saves make it.
+  bytes='"model_bytes":[0-9]*,"tensors":[0-9]*'
+  want=$(printf '%s' "$out" | grep -o "$bytes")
   # --device-only: the device phase alone, no checkpoint left or loaded.
   echo "$me: ringckpt bench --ranks 2 --device-only"
   out=$(timeout 120 "$mpirun" -n 2 --oversubscribe --allow-run-as-root --mca btl self,vader \
@@ -59,6 +63,8 @@ if [ -n "$tool" ]; then
   printf '%s' "$out" | grep -q '"device":{' || fail "bench --device-only has no device phase: $out"
   printf '%s' "$out" | grep -q '"ringckpt-sync"' && fail "bench --device-only saved: $out"
   printf '%s' "$out" | grep -q '"load_matches":null' || fail "bench --device-only claims a load: $out"
+  got=$(printf '%s' "$out" | grep -o "$bytes")
+  [ -n "$want" ] && [ "$got" = "$want" ] || fail "bench --device-only sized the model $got, not $want"
   [ -z "$(ls -A "$dir/device" 2>/dev/null)" ] || fail "bench --device-only left files: $(ls -R "$dir/device")"
   # --device-only --keep: the last run's files stay, one a rank.
   timeout 120 "$mpirun" -n 2 --oversubscribe --allow-run-as-root --mca btl self,vader \

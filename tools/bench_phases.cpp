@@ -57,7 +57,7 @@ int run_main_bench(const BenchOptions& o) {
 
   MainBenchResult r;  // what the report shows
   Machine& m = r.machine;
-  m = machine_of(dir, o, model, bytes, fp.ring_bytes);
+  m = machine_of(dir, o, model.size(), bytes, fp.ring_bytes);
 
   // Everything allocated before timing starts.
   RawDevice device(o.extent_size, o.queue_depth, bytes, notes);

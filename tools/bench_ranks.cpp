@@ -178,13 +178,13 @@ double device_run(RawDevice& device, const fs::path& dir, int rank, std::uint64_
   return gb_per_s(all_bytes, s);
 }
 
-// --device-only: the N writers of the model's bytes (split evenly), --repeat
-// times; no checkpoint is written or loaded. With --keep the last run's files
-// stay in bench-device (a caller that removes its own outputs later, as
-// bench/compare_torch.py does, keeps a file system's discards of the
-// device's files out of the next timed phase).
-int run_device_only(const BenchOptions& o, const fs::path& dir, const SyntheticModel& model,
-                    int rank, int n) {
+// --device-only: the N writers of the model's bytes (split evenly; the model
+// is sized, never made), --repeat times; no checkpoint is written or loaded.
+// With --keep the last run's files stay in bench-device (a caller that
+// removes its own outputs later, as bench/compare_torch.py does, keeps a file
+// system's discards of the device's files out of the next timed phase).
+int run_device_only(const BenchOptions& o, const fs::path& dir, ModelSize model, int rank,
+                    int n) {
   IoNotes notes;
   const std::uint64_t share =
       detail::round_up(model.bytes / static_cast<std::uint64_t>(n) + 1, 4096);
@@ -241,8 +241,8 @@ int run_ranks(const BenchOptions& o, MpiCoordinator& world) {
   const fs::path dir = work.path;
 
   IoNotes notes;
+  if (o.device_only) return run_device_only(o, dir, bench_model_size(o), rank, n);
   SyntheticModel model = bench_model(o);
-  if (o.device_only) return run_device_only(o, dir, model, rank, n);
   StateDict mine = shard_of(model, rank, n);
 
   CheckpointerOptions co;
@@ -264,7 +264,7 @@ int run_ranks(const BenchOptions& o, MpiCoordinator& world) {
 
   MainBenchResult r;
   Machine& m = r.machine;
-  m = machine_of(dir, o, model, all_bytes, co.io.ring_bytes);
+  m = machine_of(dir, o, model.size(), all_bytes, co.io.ring_bytes);
   Figures& figs = r.figures;
   figs.all().reserve(8);
   add_device_figure(figs, n);
@@ -315,6 +315,7 @@ int run_ranks(const BenchOptions& o, MpiCoordinator& world) {
       const fs::path p = dir / ("bench-" + std::string(kind));
       r.verified.push_back({kind, ringckpt::verify(p, co.io)});
       r.ok = r.ok && r.verified.back().report.ok();
+      if (!o.keep) remove_quietly(p);
     }
     m.notes = notes.all();
     m.notes.push_back(std::to_string(n) + " ranks; plans on rank 0: " + std::to_string(plans.cold) +

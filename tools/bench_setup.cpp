@@ -8,12 +8,26 @@
 
 namespace ringckpt::tools::bench {
 
-SyntheticModel bench_model(const BenchOptions& o) {
+namespace {
+
+// What `make` returns; a size the model cannot be made at is UsageError.
+template <typename F>
+auto sized(F&& make) {
   try {
-    return make_model(o.model, o.size, o.seed);
+    return make();
   } catch (const std::invalid_argument& e) {
     throw UsageError(std::string("--size: ") + e.what());
   }
+}
+
+}  // namespace
+
+SyntheticModel bench_model(const BenchOptions& o) {
+  return sized([&] { return make_model(o.model, o.size, o.seed); });
+}
+
+ModelSize bench_model_size(const BenchOptions& o) {
+  return sized([&] { return model_size(o.model, o.size); });
 }
 
 IoOptions bench_io(const BenchOptions& o, std::uint64_t ring_bytes, IoNotes& notes,
@@ -27,7 +41,7 @@ IoOptions bench_io(const BenchOptions& o, std::uint64_t ring_bytes, IoNotes& not
 }
 
 Machine machine_of(const std::filesystem::path& dir, const BenchOptions& o,
-                   const SyntheticModel& model, std::uint64_t file_bytes,
+                   ModelSize model, std::uint64_t file_bytes,
                    std::uint64_t ring_bytes) {
   Machine m;
   m.dir = std::filesystem::absolute(dir);

@@ -13,9 +13,10 @@
 
 namespace ringckpt::tools::bench {
 
-// The model --model, --size and --seed ask for; a size it cannot be made at
-// is UsageError.
+// The model --model, --size and --seed ask for, and its size alone (nothing
+// made); a size it cannot be made at is UsageError.
 SyntheticModel bench_model(const BenchOptions& o);
+ModelSize bench_model_size(const BenchOptions& o);
 
 // --extent-size and --queue-depth, a ring of `ring_bytes`, notes reported to
 // `notes` as `who`.
@@ -26,7 +27,7 @@ IoOptions bench_io(const BenchOptions& o, std::uint64_t ring_bytes, IoNotes& not
 // it writes (`dir`), the options, the model, its data files' bytes and the
 // ring.
 Machine machine_of(const std::filesystem::path& dir, const BenchOptions& o,
-                   const SyntheticModel& model, std::uint64_t file_bytes,
+                   ModelSize model, std::uint64_t file_bytes,
                    std::uint64_t ring_bytes);
 
 }  // namespace ringckpt::tools::bench

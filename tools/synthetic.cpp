@@ -196,6 +196,16 @@ std::vector<TensorSpec> small_specs(std::uint64_t target) {
   return specs;
 }
 
+std::vector<TensorSpec> specs_of(ModelKind kind, std::uint64_t target_bytes) {
+  if (target_bytes == 0) throw std::invalid_argument("model size must be positive");
+  switch (kind) {
+    case ModelKind::transformer: return transformer_specs(target_bytes);
+    case ModelKind::uniform: return uniform_specs(target_bytes);
+    case ModelKind::small: return small_specs(target_bytes);
+  }
+  return {};
+}
+
 std::shared_ptr<std::byte> map_arena(std::uint64_t bytes) {
   void* memory = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (memory == MAP_FAILED) throw std::bad_alloc();
@@ -213,15 +223,21 @@ bool parse_model_kind(const std::string& text, ModelKind& out) {
   return true;
 }
 
-SyntheticModel make_model(ModelKind kind, std::uint64_t target_bytes, std::uint64_t seed) {
-  if (target_bytes == 0) throw std::invalid_argument("model size must be positive");
-  std::vector<TensorSpec> specs;
-  switch (kind) {
-    case ModelKind::transformer: specs = transformer_specs(target_bytes); break;
-    case ModelKind::uniform: specs = uniform_specs(target_bytes); break;
-    case ModelKind::small: specs = small_specs(target_bytes); break;
+ModelSize model_size(ModelKind kind, std::uint64_t target_bytes) {
+  ModelSize size;
+  for (const auto& spec : specs_of(kind, target_bytes)) {
+    size.bytes += spec.nbytes();
+    ++size.tensors;
   }
+  if (kind == ModelKind::transformer) {  // the step blob
+    size.bytes += sizeof(std::int64_t);
+    ++size.tensors;
+  }
+  return size;
+}
 
+SyntheticModel make_model(ModelKind kind, std::uint64_t target_bytes, std::uint64_t seed) {
+  std::vector<TensorSpec> specs = specs_of(kind, target_bytes);
   std::vector<std::uint64_t> offsets;
   offsets.reserve(specs.size());
   std::uint64_t arena_used = 0;

@@ -18,14 +18,23 @@ enum class ModelKind {
   small,        // 100,000 tiny tensors (the many-small-writes case)
 };
 
+// How much a model holds.
+struct ModelSize {
+  std::uint64_t bytes = 0;  // total bytes of all tensors and blobs
+  std::size_t tensors = 0;  // number of entries
+};
+
 // A state dict and the memory it points to (one page-aligned arena, touched
 // once at creation). Data is a cheap seeded pattern: repeatable, not constant.
+
 struct SyntheticModel {
   StateDict state_dict;
-  std::uint64_t bytes = 0;      // total bytes of all tensors and blobs
-  std::size_t tensors = 0;      // number of entries
+  std::uint64_t bytes = 0;  // total bytes of all tensors and blobs
+  std::size_t tensors = 0;  // number of entries
   std::shared_ptr<std::byte> arena;
   std::uint64_t arena_bytes = 0;
+
+  ModelSize size() const { return {bytes, tensors}; }
 };
 
 // Parses "transformer" | "uniform" | "small"; false for anything else.
@@ -35,6 +44,10 @@ bool parse_model_kind(const std::string& text, ModelKind& out);
 // size beyond choosing tensor length). Throws std::invalid_argument for a
 // size too small to shape the model.
 SyntheticModel make_model(ModelKind kind, std::uint64_t target_bytes, std::uint64_t seed);
+
+// The size make_model(kind, target_bytes, any seed) has, without making it
+// (no memory mapped or filled). Throws as make_model does.
+ModelSize model_size(ModelKind kind, std::uint64_t target_bytes);
 
 // Rewrites every tensor's bytes with the pattern for `seed` (an optimizer
 // step that touches every parameter), and the step blob with `seed`.
