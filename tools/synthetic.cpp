@@ -21,17 +21,20 @@
 #include <thread>
 #include <variant>
 
+#include "format/file_extents.hpp"  // round_up
+
 namespace ringckpt::tools {
 namespace {
 
 constexpr std::uint64_t kTensorAlignment = 64;
 constexpr std::uint64_t kPageSize = 4096;
 constexpr std::uint64_t kGolden = 0x9E3779B97F4A7C15ull;  // splitmix64's increment
+// The transformer's optimizer step counter: one blob besides its tensors.
 constexpr const char* kStepName = "step";
+constexpr std::uint64_t kStepBytes = sizeof(std::int64_t);
+bool has_step(ModelKind kind) { return kind == ModelKind::transformer; }
 
-std::uint64_t round_up(std::uint64_t value, std::uint64_t alignment) {
-  return (value + alignment - 1) / alignment * alignment;
-}
+using detail::round_up;
 
 // splitmix64's output function: a good 64-bit mix in a few multiplies.
 inline std::uint64_t mix64(std::uint64_t z) {
@@ -92,7 +95,7 @@ std::uint64_t transformer_params(std::uint64_t h, std::uint64_t layers) {
 
 // Bytes on disk: BF16 parameters (2) plus two F32 moments (8), plus the step.
 std::uint64_t transformer_bytes(std::uint64_t h, std::uint64_t layers) {
-  return 10 * transformer_params(h, layers) + sizeof(std::int64_t);
+  return 10 * transformer_params(h, layers) + kStepBytes;
 }
 
 // Chooses (hidden, layers) so the model is within a few percent of the
@@ -229,8 +232,8 @@ ModelSize model_size(ModelKind kind, std::uint64_t target_bytes) {
     size.bytes += spec.nbytes();
     ++size.tensors;
   }
-  if (kind == ModelKind::transformer) {  // the step blob
-    size.bytes += sizeof(std::int64_t);
+  if (has_step(kind)) {
+    size.bytes += kStepBytes;
     ++size.tensors;
   }
   return size;
@@ -256,9 +259,7 @@ SyntheticModel make_model(ModelKind kind, std::uint64_t target_bytes, std::uint6
                          TensorView{model.arena.get() + offsets[i], specs[i].dtype,
                                     std::move(specs[i].shape)});
   }
-  if (kind == ModelKind::transformer) {
-    model.state_dict.add(kStepName, bytes_of(static_cast<std::int64_t>(seed)));
-  }
+  if (has_step(kind)) model.state_dict.add(kStepName, bytes_of(static_cast<std::int64_t>(seed)));
   model.bytes = model.state_dict.nbytes();
   model.tensors = model.state_dict.size();
   return model;

@@ -21,6 +21,12 @@ struct Extent {
   std::uint64_t hi = 0;
 };
 
+// `n` rounded up to a multiple of `to`. REQUIRES: to > 0; n + to does not
+// overflow.
+inline constexpr std::uint64_t round_up(std::uint64_t n, std::uint64_t to) {
+  return (n + to - 1) / to * to;
+}
+
 // The number of extents of a file of `size` bytes.
 // REQUIRES: extent_size > 0; size + extent_size does not overflow.
 inline constexpr std::uint64_t extent_count(std::uint64_t size, std::uint64_t extent_size) {

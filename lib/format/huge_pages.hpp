@@ -1,4 +1,7 @@
 // lib/format/huge_pages.hpp — advice to back memory with transparent huge pages.
+//
+// Not part of the file format: it lives in the lowest layer because both the
+// load planner (plan/) and the I/O memory (io/) use it.
 #pragma once
 
 #include <sys/mman.h>

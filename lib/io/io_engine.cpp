@@ -8,8 +8,6 @@
 
 namespace ringckpt::detail {
 
-std::size_t round_up(std::size_t n, std::size_t to) noexcept { return (n + to - 1) / to * to; }
-
 static void check_options(const IoOptions& o) {
   auto bad = [](std::string msg) { throw Error(ErrorCode::kInvalidArgument, "IoOptions", msg); };
   if (o.extent_size == 0 || o.extent_size % kAlignment != 0) {

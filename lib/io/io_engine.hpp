@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 
+#include "format/file_extents.hpp"  // round_up
 #include "ringckpt/io_options.hpp"
 #include "io/staging_ring.hpp"
 #include "io/uring_queue.hpp"
@@ -50,7 +51,5 @@ class IoEngine {
   bool any_file_ = false;                    // guarded by mu_
   bool all_direct_ = true;                   // guarded by mu_
 };
-
-std::size_t round_up(std::size_t n, std::size_t to) noexcept;
 
 }  // namespace ringckpt::detail

@@ -27,7 +27,9 @@ namespace {
 template <typename T>
 void reserve_advised(std::vector<T>& v, std::size_t n) {
   v.reserve(n);
-  detail::advise_huge_pages(v.data(), n * sizeof(T));
+  // Below two huge pages a vector may sit in the malloc heap: left alone.
+  const std::size_t bytes = n * sizeof(T);
+  if (bytes >= 2 * detail::kHugePageBytes) detail::advise_huge_pages(v.data(), bytes);
 }
 
 using detail::check_shard;
