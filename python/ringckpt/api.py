@@ -55,12 +55,13 @@ def load_state_dict(path, *, allow_pickle: bool = False, **io):
     return structure_map.unflatten(leaves, structure) if structure is not None else leaves
 
 
-def verify(path) -> dict:
+def verify(path, **io) -> dict:
     """Re-reads the checkpoint and checks metadata.json, every data file's header
     and the XXH3 of every extent. Never raises for damage: returns {"ok",
     "files", "extents", "bytes", "faults": [{"file", "extent", "offset",
-    "length", "message"}], "notes"}."""
-    return _core.verify(os.fspath(path))
+    "length", "message"}], "notes"}. `io` as for save (a smaller ring_bytes
+    reads through less memory)."""
+    return _core.verify(os.fspath(path), **io)
 
 
 def inspect(path) -> dict:

@@ -85,6 +85,13 @@ class _Storage:
 
     def __init__(self, path, checkpointer, io_options):
         self.path = os.fspath(path)
+        if checkpointer is not None and checkpointer._collective:
+            # Under DCP each rank reads and writes a directory of its own and
+            # DCP coordinates the ranks: ringckpt's collectives would wait for
+            # ranks that save elsewhere.
+            raise Error("invalid_argument", self.path,
+                        "checkpointer= must be a Checkpointer made with coordinator=None "
+                        "(DCP coordinates the ranks); this one coordinates ranks itself")
         self._checkpointer = checkpointer
         self._io = io_options
 

@@ -49,15 +49,17 @@ void bind_functions(py::module_& module) {
 
   module.def(
       "verify",
-      [](const std::string& dir) {
+      [](const std::string& dir, const py::kwargs& io) {
+        const IoOptions options = io_options_from(io);
         VerifyReport report;
         {
           GilRelease release;
-          report = ringckpt::verify(dir);
+          report = ringckpt::verify(dir, options);
         }
         return verify_report_dict(report);
       },
-      py::arg("dir"), "verify(dir) -> dict: every extent of every file re-read and checked.");
+      py::arg("dir"),
+      "verify(dir, **io_options) -> dict: every extent of every file re-read and checked.");
 }
 
 }  // namespace ringckpt::python

@@ -180,8 +180,14 @@ def test_inspect_gives_typed_paths_and_verify_reports(tmp_path):
     assert all(not fqn.startswith("__ringckpt__") for fqn in info["entries"])
     tensor_bytes = sum(e["nbytes"] for e in info["entries"].values() if e["kind"] == "tensor")
     assert tensor_bytes == sum(t.numel() * t.element_size() for t in _tensors(state))
-    report = ringckpt.verify(tmp_path / "ckpt")
+    report = ringckpt.verify(tmp_path / "ckpt", **IO)
     assert report["ok"] and report["faults"] == [] and report["extents"] >= 1
+    # The options reach the reader: a queue no I/O fits through is a fault.
+    report = ringckpt.verify(tmp_path / "ckpt", queue_depth=0)
+    assert not report["ok"] and "queue_depth" in report["faults"][0]["message"]
+    with pytest.raises(ringckpt.Error) as refused:
+        ringckpt.verify(tmp_path / "ckpt", ring=1)
+    assert (refused.value.code, refused.value.where) == ("invalid_argument", "ring")
 
 
 def _tensors(obj):

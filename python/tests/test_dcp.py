@@ -326,6 +326,12 @@ def _ranks_worker(rank, world, port, ours, theirs):
         assert torch.equal(sd["dense"], torch.arange(5.0)) and sd["step"] == 9
         loaded.append(local)
     assert torch.equal(loaded[0], loaded[1])
+    # A Checkpointer that coordinates ranks itself is refused, naming the path.
+    with ringckpt.Checkpointer(ring_bytes=4 << 20, extent_size=1 << 20) as coordinated:
+        for make in (rdcp.StorageWriter, rdcp.StorageReader):
+            with pytest.raises(ringckpt.Error, match="coordinator=None") as refused:
+                make(ours, checkpointer=coordinated)
+            assert refused.value.code == "invalid_argument" and refused.value.where == ours
     # Resharded: columns out of row chunks (boxes inside chunks of both ranks).
     columns, (c0, c1) = _by_columns(st, rank)
     dcp.load_state_dict({"st": columns}, storage_reader=rdcp.StorageReader(ours))
