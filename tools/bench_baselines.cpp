@@ -11,6 +11,7 @@
 #include <string>
 #include <variant>
 
+#include "format/file_extents.hpp"
 #include "io/data_file.hpp"
 #include "io/io_engine.hpp"
 #include "ringckpt/error.hpp"

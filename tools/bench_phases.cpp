@@ -21,6 +21,7 @@
 #include "bench_runs.hpp"
 #include "bench_setup.hpp"
 #include "bench_workdir.hpp"
+#include "format/file_extents.hpp"
 #include "io/io_engine.hpp"
 #include "io/io_memory.hpp"
 #include "io_notes.hpp"

@@ -13,7 +13,6 @@
 #include <string>
 #include <string_view>
 
-#include "format/file_extents.hpp"  // round_up
 #include "ringckpt/io_options.hpp"
 #include "io/staging_ring.hpp"
 #include "io/uring_queue.hpp"

@@ -30,7 +30,9 @@ class StagingRing final : public SlotSource {
   std::size_t slot_bytes() const noexcept { return slot_bytes_; }
   std::size_t slot_count() const noexcept override { return slot_count_; }
   std::size_t total_bytes() const noexcept { return slot_bytes_ * slot_count_; }
-  std::byte* slot_data(unsigned slot) const noexcept { return memory_.data() + slot * slot_bytes_; }
+  std::byte* slot_data(unsigned slot) const noexcept {
+    return memory_.data() + slot * slot_bytes_;
+  }
   // One iovec per slot, in slot order (for io_uring_register_buffers).
   std::vector<iovec> iovecs() const;
 
